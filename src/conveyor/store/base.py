@@ -1,0 +1,182 @@
+"""The storage contract: every operation the broker needs, each with a
+parameter object, and what a store can do stated as capabilities.
+
+A Store owns durable state and nothing else: it knows no sockets, waiting
+consumers or wall clock of its own (``now`` comes in with each operation, so
+tests can drive time). Every operation is atomic: it happens whole or not at
+all. Batch operations that settle leases (ack, nack, extend, dead) report an
+outcome per item; one stale token does not fail its neighbours. Enqueue is all
+or nothing across all its queues.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import msgspec
+
+from conveyor.core.errors import ConveyorError
+from conveyor.core.types import (
+    Ack,
+    Binding,
+    Dead,
+    Delivery,
+    EnqueueResult,
+    Extend,
+    Message,
+    Nack,
+    PreparedMessage,
+    QueueConfig,
+    QueueStats,
+    Result,
+    SessionInfo,
+)
+
+
+class StoreCapabilities(msgspec.Struct, frozen=True):
+    """What a store can do, declared rather than discovered by failing."""
+
+    name: str
+    shared: bool  # several broker processes may use it at once
+    persistent: bool  # state survives the process
+    notifies: bool  # wakes other nodes' consumers on change (LISTEN/NOTIFY)
+
+
+class EnqueueOp(msgspec.Struct, frozen=True):
+    """Messages for one or more queues, stored together or not at all.
+
+    With an ``idempotency_key`` the reply is remembered until
+    ``idempotency_until``; the same key again returns that reply and stores
+    nothing (a producer retrying after a lost connection)."""
+
+    batches: list[tuple[str, list[PreparedMessage]]]
+    now: float
+    idempotency_key: str | None = None
+    idempotency_until: float = 0.0
+
+
+class ClaimOp(msgspec.Struct, frozen=True):
+    queue: str
+    session: str
+    limit: int
+    now: float
+    visibility: float
+    # Buckets the rendezvous ring gives this session; grouped messages come
+    # only from those of them that no other session still holds a lease in.
+    buckets: list[int]
+
+
+class ClaimResult(msgspec.Struct, frozen=True):
+    deliveries: list[Delivery]
+    # When nothing more is claimable now: the earliest time a scheduled
+    # message of the queue becomes ready, if any.
+    next_at: float | None
+
+
+class SettleOp(msgspec.Struct, frozen=True):
+    """Acks, nacks, extensions or dead-letterings of leases, by token."""
+
+    items: list[Ack] | list[Nack] | list[Extend] | list[Dead]
+    now: float
+
+
+class Settled(msgspec.Struct, frozen=True):
+    # Per item: None (done), a deadline (extend), or the error for that item.
+    outcomes: list[ConveyorError | float | None]
+    # Queues where a message may have become claimable (a group moved on,
+    # a nack without delay): their waiting consumers should look again.
+    woken: list[str]
+
+
+class OpenSessionOp(msgspec.Struct, frozen=True):
+    id: str
+    name: str
+    capacity: int
+    timeout: float
+    now: float
+
+
+class Swept(msgspec.Struct, frozen=True):
+    """What one pass of the lease monitor changed."""
+
+    sessions_expired: list[str]
+    leases_expired: int
+    messages_expired: int
+    woken: list[str]
+    finished: list[str]  # message ids that now have a (dead) result
+
+
+class Store(Protocol):
+    capabilities: StoreCapabilities
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    def set_waker(self, wake: Callable[[str], None]) -> None:
+        """Have ``wake(queue)`` called when another process changed the queue
+        (a shared store's LISTEN/NOTIFY). A store that is not shared never
+        calls it."""
+        ...
+
+    # Queues
+    async def create_queue(self, config: QueueConfig) -> QueueConfig | None:
+        """Create it; None if the name exists (the existing config is untouched)."""
+        ...
+
+    async def update_queue(self, config: QueueConfig) -> None: ...
+    async def delete_queue(self, name: str) -> None: ...
+    async def get_queue(self, name: str) -> QueueConfig: ...
+    async def list_queues(self) -> list[QueueConfig]: ...
+    async def purge_queue(self, name: str) -> int: ...
+
+    # Messages
+    async def enqueue(self, op: EnqueueOp) -> list[list[EnqueueResult]]: ...
+    async def claim(self, op: ClaimOp) -> ClaimResult: ...
+    async def ack(self, op: SettleOp) -> Settled: ...
+    async def nack(self, op: SettleOp) -> Settled: ...
+    async def extend(self, op: SettleOp) -> Settled: ...
+    async def dead(self, op: SettleOp) -> Settled: ...
+
+    # Consumer sessions
+    async def open_session(self, op: OpenSessionOp) -> None: ...
+    async def touch_session(self, session: str, now: float) -> bool:
+        """Record a heartbeat; False if the session is gone."""
+        ...
+
+    async def subscribe(self, session: str, queue: str, now: float) -> None:
+        """The session consumes the queue (its claims keep that fresh)."""
+        ...
+
+    async def close_session(self, session: str, now: float) -> list[str]:
+        """End it and release its leases at once; the queues affected."""
+        ...
+
+    async def consumers(self, queue: str, since: float) -> dict[str, int]:
+        """Live sessions that tried to claim from the queue at ``since`` or
+        later, with their capacity."""
+        ...
+
+    async def sessions(self) -> list[SessionInfo]: ...
+
+    # The lease monitor's sweep: expired sessions, leases, TTLs, old dedup
+    # keys and results.
+    async def sweep(self, now: float) -> Swept: ...
+
+    # Dead letters
+    async def dead_letters(self, queue: str, limit: int, after: str | None) -> list[Message]: ...
+    async def redrive(self, queue: str, ids: list[str] | None, now: float) -> int: ...
+
+    # Topics
+    async def bind(self, binding: Binding) -> None: ...
+    async def unbind(self, binding: Binding) -> bool: ...
+    async def bindings(self) -> list[Binding]: ...
+
+    # Results and statistics
+    async def get_result(self, message_id: str) -> Result | None: ...
+    async def stats(self, queue: str, now: float) -> QueueStats: ...
+
+    def metrics(self) -> dict[str, float]:
+        """This process's figures of the store (commits, commit time...):
+        names in snake_case, counters ending in _total."""
+        ...
