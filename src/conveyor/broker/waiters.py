@@ -1,0 +1,50 @@
+"""Consumers waiting in a long-poll receive, woken when a queue changes.
+
+A consumer registers *before* it tries to claim and waits only if the claim
+came back empty, so a change committed between the two still wakes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+
+
+class Waiters:
+    def __init__(self) -> None:
+        self._by_queue: dict[str, collections.deque[asyncio.Event]] = {}
+
+    def register(self, queue: str) -> asyncio.Event:
+        event = asyncio.Event()
+        self._by_queue.setdefault(queue, collections.deque()).append(event)
+        return event
+
+    def unregister(self, queue: str, event: asyncio.Event) -> None:
+        waiting = self._by_queue.get(queue)
+        if waiting is None:
+            return
+        with contextlib.suppress(ValueError):
+            waiting.remove(event)
+        if not waiting:
+            del self._by_queue[queue]
+
+    def notify(self, queue: str, count: int | None = None) -> None:
+        """Wake ``count`` waiters of the queue, oldest first, or all of them."""
+        waiting = self._by_queue.get(queue)
+        if not waiting:
+            return
+        woken = 0
+        for event in waiting:
+            if count is not None and woken >= count:
+                break
+            if not event.is_set():
+                event.set()
+                woken += 1
+
+    def notify_all(self) -> None:
+        for queue in list(self._by_queue):
+            self.notify(queue)
+
+    def count(self, queue: str) -> int:
+        return len(self._by_queue.get(queue, ()))
