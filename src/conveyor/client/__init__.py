@@ -1,0 +1,1 @@
+"""The Python SDK: AsyncClient, and the sync Client made from it."""

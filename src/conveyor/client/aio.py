@@ -1,0 +1,395 @@
+"""AsyncClient: the Python SDK, asynchronous. The source of truth: the sync
+``Client`` (conveyor.client.sync) is generated from this file by
+``scripts/gen_sync.py``, and a test fails when the two drift apart.
+
+Bodies: ``bytes`` go as they are, ``str`` as UTF-8, anything else as JSON
+(with header ``content-type: application/json``). ``Delivery.json()`` and
+``Delivery.text()`` read them back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any, Self, TypeVar
+
+import msgspec
+
+from conveyor.client.urls import open_transport, resolve
+from conveyor.core import types
+from conveyor.core.errors import ConveyorError, InvalidArgument
+from conveyor.core.types import (
+    Binding,
+    EnqueueResult,
+    Message,
+    NewMessage,
+    QueueConfig,
+    QueueStats,
+    Result,
+    SessionInfo,
+)
+
+T = TypeVar("T")
+JSON_TYPE = "application/json"
+
+
+def encode_body(
+    body: object, headers: Mapping[str, str] | None
+) -> tuple[bytes, dict[str, str] | None]:
+    """A body as bytes, and the headers that say how to read it."""
+    if isinstance(body, bytes):
+        return body, dict(headers) if headers else None
+    if isinstance(body, bytearray | memoryview):
+        return bytes(body), dict(headers) if headers else None
+    if isinstance(body, str):
+        return body.encode(), dict(headers) if headers else None
+    try:
+        data = msgspec.json.encode(body)
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise InvalidArgument(f"body must be bytes, str or JSON-able: {exc}") from None
+    merged = {"content-type": JSON_TYPE}
+    if headers:
+        merged.update(headers)
+    return data, merged
+
+
+def _convert(value: Any, kind: type[T]) -> T:
+    try:
+        return msgspec.convert(value, kind)
+    except msgspec.ValidationError as exc:
+        raise ConveyorError(f"unexpected reply from the broker: {exc}") from None
+
+
+def _outcome_error(outcome: Mapping[str, Any] | Any) -> ConveyorError | None:
+    from conveyor.core.errors import error_for_code
+
+    data = outcome if isinstance(outcome, Mapping) else msgspec.structs.asdict(outcome)
+    if data.get("ok"):
+        return None
+    return error_for_code(str(data.get("code")), str(data.get("message")))
+
+
+class Delivery:
+    """A leased message, with the calls that settle its lease."""
+
+    __slots__ = ("_client", "message")
+
+    def __init__(self, client: AsyncClient, message: types.Delivery) -> None:
+        self._client = client
+        self.message = message
+
+    id = property(lambda self: self.message.id)
+    queue = property(lambda self: self.message.queue)
+    body = property(lambda self: self.message.body)
+    headers = property(lambda self: self.message.headers)
+    priority = property(lambda self: self.message.priority)
+    group = property(lambda self: self.message.group)
+    attempts = property(lambda self: self.message.attempts)
+    max_attempts = property(lambda self: self.message.max_attempts)
+    token = property(lambda self: self.message.token)
+    deadline = property(lambda self: self.message.deadline)
+    lease = property(lambda self: self.message.lease)
+    enqueued_at = property(lambda self: self.message.enqueued_at)
+
+    def json(self) -> Any:
+        return json.loads(self.message.body)
+
+    def text(self) -> str:
+        return bytes(self.message.body).decode()
+
+    def __repr__(self) -> str:
+        return f"<Delivery {self.id} of {self.queue!r} attempt {self.attempts} token {self.token}>"
+
+    async def ack(self, result: object = None) -> None:
+        """Done. ``result`` (bytes, str or JSON-able) is kept for ``Client.result``."""
+        await self._client.ack(self.id, self.token, result)
+
+    async def nack(self, delay: float | None = None, error: str | None = None) -> None:
+        """Failed: retry after ``delay`` (default: the queue's backoff)."""
+        await self._client.nack(self.id, self.token, delay=delay, error=error)
+
+    async def extend(self, seconds: float) -> float:
+        """Keep the lease ``seconds`` more from now; the new deadline."""
+        return await self._client.extend(self.id, self.token, seconds)
+
+    async def dead(self, reason: str) -> None:
+        """Give up on it: into the queue's dead letters."""
+        await self._client.dead(self.id, self.token, reason)
+
+
+class AsyncClient:
+    """A connection to a broker (``conveyor://``) or an embedded one
+    (``sqlite:///file.db``, ``memory://``)."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        name: str = "",
+        timeout: float = 30.0,
+        token: str | None = None,
+    ) -> None:
+        self.url = resolve(url)
+        self._transport = open_transport(self.url, name=name, timeout=timeout, token=token)
+        self._batches: dict[
+            str, tuple[list[dict[str, Any]], list[asyncio.Future[dict[str, Any]]]]
+        ] = {}
+        self._flushing: set[asyncio.Task[None]] = set()
+
+    async def connect(self) -> Self:
+        await self._transport.connect()
+        return self
+
+    async def close(self) -> None:
+        if self._flushing:  # settles and releases already under way
+            await asyncio.wait(set(self._flushing), timeout=2.0)
+        await self._transport.close()
+
+    async def __aenter__(self) -> Self:
+        return await self.connect()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _call(self, op: str, args: dict[str, Any], kind: type[T]) -> T:
+        return _convert(await self._transport.call(op, args), kind)
+
+    # -- queues --------------------------------------------------------------
+
+    async def create_queue(
+        self, name: str, *, exist_ok: bool = True, **settings: Any
+    ) -> QueueConfig:
+        args = {"queue": name, "settings": settings, "exist_ok": exist_ok}
+        return await self._call("create_queue", args, QueueConfig)
+
+    async def configure_queue(self, name: str, **settings: Any) -> QueueConfig:
+        return await self._call(
+            "configure_queue", {"queue": name, "settings": settings}, QueueConfig
+        )
+
+    async def delete_queue(self, name: str) -> None:
+        await self._call("delete_queue", {"queue": name}, type(None))
+
+    async def queues(self) -> list[QueueConfig]:
+        return await self._call("queues", {}, list[QueueConfig])
+
+    async def purge(self, queue: str) -> int:
+        return await self._call("purge", {"queue": queue}, int)
+
+    async def stats(self, queue: str) -> QueueStats:
+        return await self._call("stats", {"queue": queue}, QueueStats)
+
+    async def sessions(self) -> list[SessionInfo]:
+        return await self._call("sessions", {}, list[SessionInfo])
+
+    # -- producing -----------------------------------------------------------
+
+    async def enqueue(
+        self,
+        queue: str,
+        body: object,
+        *,
+        priority: int = 0,
+        delay: float | None = None,
+        ttl: float | None = None,
+        dedup_key: str | None = None,
+        group: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        max_attempts: int | None = None,
+    ) -> EnqueueResult:
+        """Store one message; returns once it is durable."""
+        data, hdrs = encode_body(body, headers)
+        message = NewMessage(
+            body=data,
+            priority=priority,
+            delay=delay,
+            ttl=ttl,
+            dedup_key=dedup_key,
+            group=group,
+            headers=hdrs,
+            max_attempts=max_attempts,
+        )
+        return (await self._enqueue(queue, [message]))[0]
+
+    async def enqueue_many(self, queue: str, items: Iterable[object]) -> list[EnqueueResult]:
+        """Store a batch, all or nothing. Items are NewMessage, or bodies."""
+        messages = []
+        for item in items:
+            if isinstance(item, NewMessage):
+                messages.append(item)
+            else:
+                data, hdrs = encode_body(item, None)
+                messages.append(NewMessage(body=data, headers=hdrs))
+        return await self._enqueue(queue, messages)
+
+    async def _enqueue(self, queue: str, messages: list[NewMessage]) -> list[EnqueueResult]:
+        # The key makes a retry after a lost connection harmless.
+        args = {"queue": queue, "messages": messages, "idempotency_key": uuid.uuid4().hex}
+        return await self._call("enqueue", args, list[EnqueueResult])
+
+    async def publish(
+        self,
+        topic: str,
+        body: object,
+        *,
+        priority: int = 0,
+        delay: float | None = None,
+        ttl: float | None = None,
+        dedup_key: str | None = None,
+        group: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        max_attempts: int | None = None,
+    ) -> dict[str, EnqueueResult]:
+        """One copy into every queue bound to the topic; the id per queue."""
+        data, hdrs = encode_body(body, headers)
+        message = NewMessage(
+            body=data,
+            priority=priority,
+            delay=delay,
+            ttl=ttl,
+            dedup_key=dedup_key,
+            group=group,
+            headers=hdrs,
+            max_attempts=max_attempts,
+        )
+        args = {"topic": topic, "message": message, "idempotency_key": uuid.uuid4().hex}
+        return await self._call("publish", args, dict[str, EnqueueResult])
+
+    async def bind(self, topic: str, queue: str) -> None:
+        """Subscribe ``queue`` to a topic pattern (``*`` one word, ``#`` any)."""
+        await self._call("bind", {"pattern": topic, "queue": queue}, type(None))
+
+    async def unbind(self, topic: str, queue: str) -> bool:
+        return await self._call("unbind", {"pattern": topic, "queue": queue}, bool)
+
+    async def bindings(self) -> list[Binding]:
+        return await self._call("bindings", {}, list[Binding])
+
+    # -- consuming -----------------------------------------------------------
+
+    async def receive(
+        self,
+        queue: str,
+        max: int = 1,
+        wait: float = 0.0,
+        visibility: float | None = None,
+    ) -> list[Delivery]:
+        """Lease up to ``max`` messages, waiting up to ``wait`` s for one."""
+        args = {"queue": queue, "max": max, "wait": wait, "visibility": visibility}
+        got = await self._call("receive", args, list[types.Delivery])
+        return [Delivery(self, d) for d in got]
+
+    async def consume(self, queue: str, prefetch: int = 10) -> AsyncIterator[Delivery]:
+        """Deliveries as they come, at most ``prefetch`` unsettled at once.
+        Settle each one (ack, nack, dead) to make room for the next."""
+        box: asyncio.Queue[Any] = asyncio.Queue()
+        sub = await self._transport.subscribe(queue, prefetch, box.put_nowait)
+        try:
+            while True:
+                item = await box.get()
+                if isinstance(item, ConveyorError):
+                    raise item
+                for d in item:
+                    yield Delivery(self, _convert(d, types.Delivery))
+        finally:
+            await self._transport.unsubscribe(sub)
+            self._release_unread(box)
+
+    def _release_unread(self, box: asyncio.Queue[Any]) -> None:
+        """Deliveries that reached a closed consume but were never yielded go
+        back to the queue at once (a nack without delay)."""
+        unread: list[types.Delivery] = []
+        while not box.empty():
+            item = box.get_nowait()
+            if not isinstance(item, ConveyorError):
+                unread.extend(_convert(d, types.Delivery) for d in item)
+        if unread:
+            task = asyncio.get_running_loop().create_task(self._release(unread))
+            self._flushing.add(task)
+            task.add_done_callback(self._flushing.discard)
+
+    async def _release(self, deliveries: list[types.Delivery]) -> None:
+        why = "released unread: the consumer was closed"
+        for outcome in await asyncio.gather(
+            *(self.nack(d.id, d.token, delay=0.0, error=why) for d in deliveries),
+            return_exceptions=True,
+        ):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, ConveyorError):
+                raise outcome  # a lease lost meanwhile needs no release
+
+    async def ack(self, id: str, token: int, result: object = None) -> None:
+        data = None if result is None else encode_body(result, None)[0]
+        await self._settle("ack", {"id": id, "token": token, "result": data})
+
+    async def nack(
+        self,
+        id: str,
+        token: int,
+        *,
+        delay: float | None = None,
+        error: str | None = None,
+    ) -> None:
+        await self._settle("nack", {"id": id, "token": token, "delay": delay, "error": error})
+
+    async def extend(self, id: str, token: int, seconds: float) -> float:
+        outcome = await self._settle("extend", {"id": id, "token": token, "seconds": seconds})
+        return float(outcome["deadline"])
+
+    async def dead(self, id: str, token: int, reason: str) -> None:
+        await self._settle("dead", {"id": id, "token": token, "reason": reason})
+
+    async def _settle(self, op: str, item: dict[str, Any]) -> dict[str, Any]:
+        # Settles made in the same event-loop turn travel as one batch.
+        batch = self._batches.get(op)
+        if batch is None:
+            batch = self._batches[op] = ([], [])
+            asyncio.get_running_loop().call_soon(self._flush, op)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        batch[0].append(item)
+        batch[1].append(future)
+        return await future
+
+    def _flush(self, op: str) -> None:
+        items, futures = self._batches.pop(op)
+        task = asyncio.get_running_loop().create_task(self._send_batch(op, items, futures))
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
+
+    async def _send_batch(
+        self, op: str, items: list[dict[str, Any]], futures: list[asyncio.Future[dict[str, Any]]]
+    ) -> None:
+        try:
+            outcomes = await self._transport.call(op, {"items": items})
+        except BaseException as exc:
+            for future in futures:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for future, outcome in zip(futures, outcomes, strict=True):
+            data = outcome if isinstance(outcome, Mapping) else msgspec.structs.asdict(outcome)
+            error = _outcome_error(data)
+            if future.done():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(dict(data))
+
+    # -- dead letters and results ------------------------------------------------
+
+    async def dead_letters(
+        self, queue: str, limit: int = 100, after: str | None = None
+    ) -> list[Message]:
+        args = {"queue": queue, "limit": limit, "after": after}
+        return await self._call("dead_letters", args, list[Message])
+
+    async def redrive(self, queue: str, ids: list[str] | None = None) -> int:
+        return await self._call("redrive", {"queue": queue, "ids": ids}, int)
+
+    async def result(self, message_id: str, timeout: float = 30.0) -> Result:
+        """The message's result, waiting up to ``timeout`` s (ResultTimeout)."""
+        return await self._call("result", {"id": message_id, "timeout": timeout}, Result)
