@@ -1,0 +1,276 @@
+"""The worker runtime: receive task messages, run them, settle their leases.
+
+Flow control: the worker consumes with a prefetch equal to its concurrency
+(split between its queues), so the broker never sends it more messages than
+it can start at once; each settled message makes room for the next.
+
+Leases: while a task runs, a keeper renews its lease every third of the
+lease length. The keeper also tracks the lease deadline by this process's
+own clock. If the lease could not be renewed before that deadline (the
+broker says LeaseLost, or cannot be reached in time, or this process was
+frozen), the task is told so (``current_task().lease_lost``), the process
+pool stops it, and its outcome is discarded: the broker has given, or will
+give, the message to another worker, and only one of them may commit.
+
+Shutdown: the first SIGTERM/SIGINT stops taking work, gives prefetched
+messages that have not started back at once, and waits up to ``grace``
+seconds for running tasks; a second signal exits at once (the broker
+releases the leases when the connection drops).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+from conveyor.client.aio import AsyncClient, Delivery
+from conveyor.core.errors import ConveyorError, LeaseLost
+from conveyor.worker.app import TASK_HEADER, App
+from conveyor.worker.context import TaskContext
+from conveyor.worker.middleware.base import Execution
+from conveyor.worker.pools import Pool, make_pool
+
+log = logging.getLogger("conveyor.worker")
+MAX_REASON = 32 * 1024  # characters of a traceback kept with a nack or dead letter
+
+
+def load_app(path: str) -> App:
+    """``module:attribute`` (or ``module``, which must define ``app``)."""
+    module_name, _, attribute = path.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    module = importlib.import_module(module_name)
+    app = getattr(module, attribute or "app", None)
+    if not isinstance(app, App):
+        raise SystemExit(f"{path}: no conveyor.App named {attribute or 'app'!r} in {module_name}")
+    return app
+
+
+class Worker:
+    def __init__(
+        self,
+        app: App,
+        *,
+        queues: list[str] | None = None,
+        concurrency: int = 4,
+        pool: str = "threads",
+        grace: float = 30.0,
+        app_path: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency is at least 1")
+        self.app = app
+        self.queues = queues or app.queues() or ["default"]
+        self.concurrency = concurrency
+        self.pool: Pool = make_pool(pool, concurrency, app_path)
+        self.grace = grace
+        self.name = name or f"worker-{socket.gethostname()}-{os.getpid()}"
+        self.client: AsyncClient | None = None
+        self.running: dict[str, Execution] = {}
+        self.completed = 0
+        self._stopping = asyncio.Event()
+        self._signals = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- life cycle ---------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop taking work; running tasks finish within the grace period."""
+        self._stopping.set()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: int) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("%s: stopping (signal %d); again to exit at once", self.name, sig)
+            self.stop()
+        else:
+            log.warning("%s: second signal, exiting now", self.name)
+            os._exit(1)
+
+    async def run(self) -> None:
+        client = self.client = AsyncClient(self.app.url, name=self.name)
+        await client.connect()
+        await self.pool.start()
+        try:
+            for queue in self.queues:
+                await client.create_queue(queue)
+            share, extra = divmod(self.concurrency, len(self.queues))
+            consumers = [
+                asyncio.create_task(self._consume(client, q, max(1, share + (i < extra))))
+                for i, q in enumerate(self.queues)
+            ]
+            log.info(
+                "%s: consuming %s, concurrency %d",
+                self.name,
+                ",".join(self.queues),
+                self.concurrency,
+            )
+            await self._stopping.wait()
+            for consumer in consumers:
+                consumer.cancel()
+            await asyncio.gather(*consumers, return_exceptions=True)
+            await self._drain()
+        finally:
+            await self.pool.close()
+            await client.close()
+            log.info("%s: stopped after %d tasks", self.name, self.completed)
+
+    async def _drain(self) -> None:
+        if not self._tasks:
+            return
+        log.info(
+            "%s: waiting up to %gs for %d running tasks", self.name, self.grace, len(self._tasks)
+        )
+        _, pending = await asyncio.wait(self._tasks, timeout=self.grace)
+        if pending:
+            log.warning(
+                "%s: %d tasks still running after the grace period", self.name, len(pending)
+            )
+
+    async def _consume(self, client: AsyncClient, queue: str, prefetch: int) -> None:
+        while not self._stopping.is_set():
+            try:
+                async for delivery in client.consume(queue, prefetch=prefetch):
+                    if self._stopping.is_set():
+                        await self._give_back(delivery)
+                        continue
+                    task = asyncio.create_task(self._handle(delivery))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+            except asyncio.CancelledError:
+                raise
+            except ConveyorError as exc:
+                log.warning("%s: consuming %s failed (%s); again in 1s", self.name, queue, exc)
+                await asyncio.sleep(1.0)
+
+    async def _give_back(self, delivery: Delivery) -> None:
+        with contextlib.suppress(ConveyorError):
+            await delivery.nack(delay=0, error="given back by a stopping worker")
+
+    # -- one task -------------------------------------------------------------------
+
+    async def _handle(self, delivery: Delivery) -> None:
+        received = time.monotonic()
+        name = delivery.headers.get(TASK_HEADER, "")
+        task = self.app.tasks.get(name)
+        if task is None:
+            await self._settle_quietly(
+                delivery.dead(f"no task named {name!r} on worker {self.name}")
+            )
+            return
+        try:
+            payload = self.app.serializer.loads(delivery.body)
+            args, kwargs = list(payload.get("args", [])), dict(payload.get("kwargs", {}))
+        except Exception as exc:
+            await self._settle_quietly(delivery.dead(f"undecodable task arguments: {exc!r}"))
+            return
+        ctx = TaskContext(
+            id=delivery.id,
+            name=name,
+            queue=delivery.queue,
+            attempt=delivery.attempts,
+            max_attempts=delivery.max_attempts,
+            token=delivery.token,
+        )
+        execution = Execution(task=task, ctx=ctx, args=args, kwargs=kwargs)
+        execution.extra["lease_deadline"] = received + delivery.lease
+        keeper = asyncio.create_task(self._keep_lease(delivery, execution, received))
+        self.running[delivery.id] = execution
+        try:
+            for middleware in self.app.middleware:
+                self.app.hook(middleware.before_execute, execution)
+            await self.pool.run(execution)
+            if execution.error is not None:
+                execution.action = "dead"
+                execution.reason = execution.traceback or repr(execution.error)
+            for middleware in self.app.middleware:
+                self.app.hook(middleware.after_execute, execution)
+            if ctx.lease_lost or time.monotonic() > execution.extra["lease_deadline"]:
+                ctx.mark_lease_lost()
+                execution.action = "discard"
+            await self._settle(delivery, execution)
+        finally:
+            keeper.cancel()
+            self.running.pop(delivery.id, None)
+            self.completed += 1
+
+    async def _settle(self, delivery: Delivery, execution: Execution) -> None:
+        action = execution.action
+        reason = execution.reason[-MAX_REASON:]
+        if action == "discard":
+            log.warning("%s: lease of %s lost: outcome discarded", self.name, delivery.id)
+            return
+        if action == "ack":
+            outcome = delivery.ack(execution.result)
+        elif action == "nack":
+            outcome = delivery.nack(delay=execution.delay, error=reason)
+        else:
+            outcome = delivery.dead(reason or "failed")
+        await self._settle_quietly(outcome)
+
+    async def _settle_quietly(self, outcome: Any) -> None:
+        try:
+            await outcome
+        except LeaseLost as exc:
+            log.warning("%s: settling refused: %s", self.name, exc)
+        except ConveyorError as exc:
+            log.error("%s: settling failed: %s", self.name, exc)
+
+    async def _keep_lease(self, delivery: Delivery, execution: Execution, received: float) -> None:
+        """Renew the lease every third of its length; mark it lost when it
+        could not be renewed before its deadline by this process's clock."""
+        lease = delivery.lease
+        while True:
+            await asyncio.sleep(lease / 3)
+            deadline = execution.extra["lease_deadline"]
+            asked = time.monotonic()
+            if asked >= deadline:
+                break
+            try:
+                await asyncio.wait_for(delivery.extend(lease), deadline - asked)
+            except LeaseLost:
+                break
+            except (TimeoutError, ConveyorError) as exc:
+                log.info("%s: renewing the lease of %s failed: %r", self.name, delivery.id, exc)
+                continue
+            execution.extra["lease_deadline"] = asked + lease
+        execution.ctx.mark_lease_lost()
+        self.pool.lease_lost(execution)
+        log.warning("%s: lease of %s (%s) lost", self.name, delivery.id, execution.task.name)
+
+
+def run_worker(
+    app_path: str,
+    *,
+    queues: list[str] | None,
+    concurrency: int,
+    pool: str,
+    grace: float,
+    url: str | None = None,
+) -> None:
+    app = load_app(app_path)
+    if url is not None:
+        app.url = url
+
+    async def main() -> None:
+        worker = Worker(
+            app, queues=queues, concurrency=concurrency, pool=pool, grace=grace, app_path=app_path
+        )
+        worker.install_signal_handlers()
+        await worker.run()
+
+    asyncio.run(main())
