@@ -1,0 +1,398 @@
+"""The message transitions of the PostgreSQL store.
+
+Claims run each in a transaction of their own on a pooled connection; acks,
+nacks, extensions and dead-letterings arrive as the jobs of one group-commit
+round (writer.py) and are settled together, one set-based statement per step
+for the whole round. Table layout and invariants: migrations/0001.
+
+Leaks (what differs from SQLite, where one writer thread serialises every
+transition): here transactions of several nodes run at once, so
+  - a claim takes ready rows FOR UPDATE SKIP LOCKED: rows another claim is
+    taking are skipped, never waited for, never given twice;
+  - a claim holds its session's row (FOR KEY SHARE: claims and heartbeats
+    of one session do not wait on each other) until it commits, so a close or an
+    expiry of the session (which deletes the row first) sees its leases;
+  - the bucket-owner check locks the bucket rows it passes (SKIP LOCKED), so
+    two sessions never take from one bucket at once;
+  - group heads are unique by index, and an enqueue locks the head it queues
+    behind FOR SHARE, so a head cannot finish (and its group be promoted)
+    without seeing the members committed behind it;
+  - the lease monitor of every node sweeps, each taking rows with SKIP
+    LOCKED: two monitors never release the same lease or end one session twice.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from conveyor.core.errors import LeaseLost, QueueNotFound, SessionNotFound
+from conveyor.core.ids import format_id, parse_id
+from conveyor.core.retry import RetryPolicy
+from conveyor.core.types import (
+    Ack,
+    Dead,
+    Delivery,
+    Extend,
+    Nack,
+    QueueConfig,
+    ResultStatus,
+)
+from conveyor.store.base import ClaimOp, ClaimResult, Settled, Swept
+from conveyor.store.postgres.node import Effects, NodeState
+from conveyor.store.postgres.queries import Q
+
+if TYPE_CHECKING:
+    from conveyor.store.postgres.driver import Connection
+    from conveyor.store.postgres.writer import Job
+
+READY, SCHEDULED, LEASED, DEAD, BLOCKED = 0, 1, 2, 3, 4
+SWEEP_LIMIT = 5000  # rows per kind per sweep: keeps each monitor transaction short
+PROMOTE_LIMIT = 5000  # due messages a claim makes ready; the monitor does the rest
+FOLD_ABOVE = 32  # delta rows of one queue (or session) before the monitor folds them
+_decode_headers = msgspec.json.Decoder(dict[str, str]).decode
+_DEFAULTS = QueueConfig(name="-")
+
+# A message to dead-letter: seq, queue, group, reason, error, now, was it its group's head.
+Kill = tuple[int, str, str | None, str, str | None, float, bool]
+
+
+# -- claim -----------------------------------------------------------------
+
+
+async def claim(conn: Connection, node: NodeState, op: ClaimOp) -> ClaimResult:
+    """Two round trips when no group bucket is involved: claim_begin, then
+    the claim itself, each a transaction of its own (see queries.sql)."""
+    row = await conn.fetchrow(Q.claim_begin, op.queue, op.session, op.now, PROMOTE_LIMIT)
+    assert row is not None
+    config_text, has_session, grouped_ready, promoted, next_after, _ = row
+    if config_text is None:
+        raise QueueNotFound(f"no queue named {op.queue!r}")
+    if not has_session:
+        raise SessionNotFound(f"session {op.session!r} is closed or expired")
+    config = node.settings(op.queue, config_text)
+    deadline = op.now + op.visibility
+    args = (op.queue, op.now, op.limit, op.session, node.token_floor, deadline)
+    if op.buckets and grouped_ready:
+        rows = await _claim_grouped(conn, op, args)
+    else:
+        rows = await conn.fetch(Q.claim_plain, *args)
+    rows = [r for r in rows if r[0] is not None]  # leased nothing: one row of NULLs
+    # RETURNING gives rows in no particular order: restore delivery order.
+    rows.sort(key=lambda r: (-r[3], r[9], r[0]))
+    deliveries = [_delivery(op, config, r, deadline) for r in rows]
+    next_at = None
+    if len(deliveries) < op.limit:
+        # More were due than one claim promotes: the rest are due now.
+        next_at = op.now if promoted >= PROMOTE_LIMIT else next_after
+    return ClaimResult(deliveries, next_at)
+
+
+async def _claim_grouped(conn: Connection, op: ClaimOp, args: tuple[Any, ...]) -> list[Any]:
+    """Group heads come only from the session's buckets that no other session
+    holds a lease in; the bucket rows stay locked until the claim commits, so
+    no two sessions take from one bucket at once."""
+    async with conn.transaction():
+        locked = [b for (b,) in await conn.fetch(Q.buckets_lock, op.queue, op.buckets)]
+        free: list[int] = []
+        if locked:
+            # A fresh statement: it sees every lease committed before the locks.
+            free = [b for (b,) in await conn.fetch(Q.buckets_free, op.queue, locked, op.session)]
+        if not free:
+            return await conn.fetch(Q.claim_plain, *args)
+        return await conn.fetch(Q.claim_grouped, *args, free)
+
+
+def _delivery(op: ClaimOp, config: QueueConfig, row: Any, deadline: float) -> Delivery:
+    seq, body, headers, priority, grp, attempts, max_attempts, token, enqueued_at, _, _ = row
+    return Delivery(
+        id=format_id(seq),
+        queue=op.queue,
+        body=body,
+        headers=_decode_headers(headers) if headers is not None else {},
+        priority=priority,
+        group=grp,
+        attempts=attempts,
+        max_attempts=max_attempts or config.max_attempts,
+        token=token,
+        deadline=deadline,
+        lease=op.visibility,
+        enqueued_at=enqueued_at,
+    )
+
+
+# -- settling leases, a round at a time ----------------------------------------
+
+
+def _items(jobs: list[Job]) -> list[tuple[Job, int, Any, float]]:
+    """Every item of every job: (job, index in the job, item, the job's now)."""
+    return [(job, i, item, job.op.now) for job in jobs for i, item in enumerate(job.op.items)]
+
+
+def _outcomes(jobs: list[Job]) -> dict[int, list[Any]]:
+    return {id(job): [None] * len(job.op.items) for job in jobs}
+
+
+async def ack_round(conn: Connection, node: NodeState, jobs: list[Job], fx: Effects) -> None:
+    items = _items(jobs)
+    rows = await conn.fetch(
+        Q.ack_delete, [parse_id(i.id) for _, _, i, _ in items], [i.token for _, _, i, _ in items]
+    )
+    deleted = {seq: (token, queue, grp, holder) for seq, token, queue, grp, holder in rows}
+    outcomes = _outcomes(jobs)
+    promote: list[tuple[str, str, float]] = []
+    results: list[tuple[int, Ack, str, float]] = []
+    for job, index, item, now in items:
+        assert isinstance(item, Ack)
+        seq = parse_id(item.id)
+        found = deleted.get(seq)
+        if found is None or found[0] != item.token:
+            outcomes[id(job)][index] = lost(item.id, item.token)
+            continue
+        del deleted[seq]  # a second ack of the same delivery is too late
+        _, queue, grp, holder = found
+        fx.add(queue, "acked")
+        fx.add(queue, "depth", -1)
+        fx.acked_by[holder] = fx.acked_by.get(holder, 0) + 1
+        if grp is not None:
+            promote.append((queue, grp, now))
+        if item.result is not None:
+            results.append((seq, item, queue, now))
+    if results:
+        configs = await node.configs(conn, {q for _, _, q, _ in results})
+        await conn.execute(
+            Q.results_put,
+            [seq for seq, _, _, _ in results],
+            [ResultStatus.OK.value] * len(results),
+            [item.result for _, item, _, _ in results],
+            [None] * len(results),
+            [now for _, _, _, now in results],
+            [now + configs.get(q, _DEFAULTS).result_ttl for _, _, q, now in results],
+        )
+    promoted = await promote_groups(conn, promote)
+    fx.woken |= promoted
+    # Every job of the round hears of every queue the round moved on: a
+    # waiter woken for nothing looks again and waits again.
+    for job in jobs:
+        job.succeed(Settled(outcomes[id(job)], sorted(promoted)))
+
+
+async def nack_round(conn: Connection, node: NodeState, jobs: list[Job], fx: Effects) -> None:
+    await _fail_round(conn, node, jobs, fx, dead=False)
+
+
+async def dead_round(conn: Connection, node: NodeState, jobs: list[Job], fx: Effects) -> None:
+    await _fail_round(conn, node, jobs, fx, dead=True)
+
+
+async def _fail_round(
+    conn: Connection, node: NodeState, jobs: list[Job], fx: Effects, *, dead: bool
+) -> None:
+    """Nacks (retry, or dead-letter at the last attempt) or dead-letterings."""
+    items = _items(jobs)
+    rows = await conn.fetch(
+        Q.leases_lock, [parse_id(i.id) for _, _, i, _ in items], [i.token for _, _, i, _ in items]
+    )
+    leased = {seq: (token, queue, grp, att, mx) for seq, token, queue, grp, att, mx in rows}
+    configs = await node.configs(conn, {r[1] for r in leased.values()})
+    outcomes = _outcomes(jobs)
+    retries: list[tuple[int, int, float, str | None]] = []
+    kills: list[Kill] = []
+    for job, index, item, now in items:
+        seq = parse_id(item.id)
+        found = leased.get(seq)
+        if found is None or found[0] != item.token:
+            outcomes[id(job)][index] = lost(item.id, item.token)
+            continue
+        del leased[seq]  # settled once: the same token again is too late
+        _, queue, grp, attempts, max_attempts = found
+        config = configs.get(queue, _DEFAULTS)
+        if dead:
+            assert isinstance(item, Dead)
+            kills.append((seq, queue, grp, scrub(item.reason) or "", None, now, True))
+            continue
+        assert isinstance(item, Nack)
+        fx.add(queue, "nacked")
+        error = scrub(item.error)
+        if attempts >= (max_attempts or config.max_attempts):
+            reason = f"failed on all {attempts} attempts"
+            kills.append((seq, queue, grp, reason, error, now, True))
+            continue
+        policy = RetryPolicy(config.retry_base, config.retry_max, config.retry_jitter)
+        delay = item.delay if item.delay is not None else policy.backoff(attempts)
+        state = SCHEDULED if delay > 0 else READY
+        retries.append((seq, state, now + delay, error))
+        if state == READY:
+            fx.woken.add(queue)
+    if retries:
+        await conn.execute(Q.retry, *map(list, zip(*retries, strict=True)))
+    await kill(conn, node, fx, kills)
+    for job in jobs:
+        job.succeed(Settled(outcomes[id(job)], sorted(fx.woken)))
+
+
+async def extend_round(conn: Connection, node: NodeState, jobs: list[Job], fx: Effects) -> None:
+    items = _items(jobs)
+    # The last extension of a lease in the round decides its deadline.
+    final: dict[tuple[int, int], float] = {}
+    for _, _, item, now in items:
+        assert isinstance(item, Extend)
+        final[(parse_id(item.id), item.token)] = now + item.seconds
+    keys = list(final)
+    rows = await conn.fetch(
+        Q.extend, [s for s, _ in keys], [t for _, t in keys], [final[k] for k in keys]
+    )
+    extended = {(seq, token) for seq, token in rows}
+    outcomes = _outcomes(jobs)
+    for job, index, item, now in items:
+        if (parse_id(item.id), item.token) in extended:
+            outcomes[id(job)][index] = now + item.seconds
+        else:
+            outcomes[id(job)][index] = lost(item.id, item.token)
+    for job in jobs:
+        job.succeed(Settled(outcomes[id(job)], []))
+
+
+def scrub(text: str | None) -> str | None:
+    """Free text kept for people (errors, reasons, names) that PostgreSQL
+    could not store as it is: NUL characters become U+FFFD."""
+    if text is None or "\x00" not in text:
+        return text
+    return text.replace("\x00", "\ufffd")
+
+
+def lost(message_id: str, token: int) -> LeaseLost:
+    return LeaseLost(
+        f"message {message_id} is not leased with token {token}: it was acked, nacked,"
+        " delivered again, dead-lettered, or never had that token"
+    )
+
+
+# -- shared steps ---------------------------------------------------------------
+
+
+async def promote_groups(conn: Connection, groups: list[tuple[str, str, float]]) -> set[str]:
+    """The heads of these groups finished: their next members lead. The
+    queues where one did."""
+    woken: set[str] = set()
+    pending = list({(q, g): (q, g, now) for q, g, now in groups}.values())
+    while pending:
+        rows = await conn.fetch(
+            Q.promote_groups,
+            [q for q, _, _ in pending],
+            [g for _, g, _ in pending],
+            [now for _, _, now in pending],
+        )
+        nows = {(q, g): now for q, g, now in pending}
+        woken.update(q for q, _, done in rows if done)
+        # A candidate that a concurrent sweep dead-lettered: look again.
+        pending = [(q, g, nows[(q, g)]) for q, g, done in rows if not done]
+    return woken
+
+
+async def kill(conn: Connection, node: NodeState, fx: Effects, kills: list[Kill]) -> None:
+    """Move messages to their queues' dead letters and record why."""
+    if not kills:
+        return
+    configs = await node.configs(conn, {k[1] for k in kills})
+    await conn.execute(
+        Q.kill,
+        [k[0] for k in kills],
+        [k[3] for k in kills],
+        [k[4] for k in kills],
+        [k[5] for k in kills],
+    )
+    details = [r if e is None else f"{r}: {e}" for _, _, _, r, e, _, _ in kills]
+    await conn.execute(
+        Q.results_put,
+        [k[0] for k in kills],
+        [ResultStatus.DEAD.value] * len(kills),
+        [None] * len(kills),
+        details,
+        [k[5] for k in kills],
+        [k[5] + configs.get(k[1], _DEFAULTS).result_ttl for k in kills],
+    )
+    heads: list[tuple[str, str, float]] = []
+    for seq, queue, grp, _, _, now, head in kills:
+        fx.add(queue, "dead")
+        fx.add(queue, "depth", -1)
+        fx.finished.append(format_id(seq))
+        if grp is not None and head:
+            heads.append((queue, grp, now))
+    fx.woken |= await promote_groups(conn, heads)
+
+
+async def release(
+    conn: Connection,
+    node: NodeState,
+    fx: Effects,
+    rows: list[Any],
+    now: float,
+    why: str,
+) -> None:
+    """Make leased messages ready again, keeping their token (a late ack with
+    it still succeeds until someone else gets the message); a message that has
+    used up its attempts is dead-lettered instead."""
+    if not rows:
+        return
+    configs = await node.configs(conn, {r[1] for r in rows})
+    ready: list[int] = []
+    kills: list[Kill] = []
+    for seq, queue, grp, attempts, max_attempts in rows:
+        fx.add(queue, "lease_expired")
+        if attempts >= (max_attempts or configs.get(queue, _DEFAULTS).max_attempts):
+            kills.append((seq, queue, grp, f"{why} after {attempts} attempts", None, now, True))
+        else:
+            ready.append(seq)
+            fx.woken.add(queue)
+    if ready:
+        await conn.execute(Q.release, ready)
+    await kill(conn, node, fx, kills)
+
+
+async def close_sessions(
+    conn: Connection, node: NodeState, fx: Effects, sessions: list[str], now: float
+) -> None:
+    """End sessions: release their leases, forget their queues and buckets.
+    The rows go first: a claim of one of them still in flight holds its row,
+    so this waits for it, and then sees the leases it made."""
+    await conn.execute(Q.sessions_delete, sessions)
+    rows = await conn.fetch(Q.leases_of_sessions, sessions)
+    await release(conn, node, fx, rows, now, "session ended")
+    fx.woken.update(q for (q,) in await conn.fetch(Q.consumers_drop_sessions, sessions))
+    await conn.execute(Q.owners_drop_sessions, sessions)
+    await conn.execute(Q.session_counts_drop, sessions)
+
+
+# -- the lease monitor --------------------------------------------------------------
+
+
+async def sweep(conn: Connection, node: NodeState, now: float, housekeeping: bool) -> Swept:
+    """One pass, in one transaction (the housekeeping after it in another,
+    so releases commit without waiting for it). Every node sweeps; rows
+    another node's sweep (or a claim) holds are skipped and left to the next pass."""
+    fx = Effects()
+    async with conn.transaction():
+        expired = [s for (s,) in await conn.fetch(Q.sessions_expired, now, SWEEP_LIMIT)]
+        if expired:
+            await close_sessions(conn, node, fx, expired, now)
+        rows = await conn.fetch(Q.leases_expired, now, SWEEP_LIMIT)
+        await release(conn, node, fx, rows, now, "lease expired")
+        fx.woken.update(q for (q,) in await conn.fetch(Q.promote_due_all, now, SWEEP_LIMIT))
+        ttl = await conn.fetch(Q.ttl_expired, now, SWEEP_LIMIT)
+        kills: list[Kill] = []
+        for seq, queue, grp, state in ttl:
+            fx.add(queue, "expired")
+            # A member waiting behind its head leaves without promoting anyone.
+            kills.append((seq, queue, grp, "expired", None, now, state != BLOCKED))
+        await kill(conn, node, fx, kills)
+        await fx.flush(conn)
+    if housekeeping:
+        async with conn.transaction():
+            await conn.execute(Q.dedup_sweep, now, SWEEP_LIMIT)
+            await conn.execute(Q.results_sweep, now, SWEEP_LIMIT)
+            await conn.execute(Q.idempotency_sweep, now, SWEEP_LIMIT)
+            await conn.execute(Q.counts_fold, FOLD_ABOVE)
+            await conn.execute(Q.session_counts_fold, FOLD_ABOVE)
+    return Swept(expired, len(rows), len(ttl), sorted(fx.woken), fx.finished)
