@@ -1,0 +1,154 @@
+"""What only the SQLite store promises: one broker per file, its durability
+settings, schema migrations, and fencing tokens that keep growing across a
+crash even though lease grants are not fsynced."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conveyor.broker.broker import Broker
+from conveyor.core.errors import InvalidArgument, LeaseLost, StoreLocked
+from conveyor.store.sql import migrations, parse_queries
+from conveyor.store.sqlite.store import SqliteStore
+
+
+async def test_a_second_store_on_the_same_file_is_refused(tmp_path: Path) -> None:
+    first = SqliteStore(tmp_path / "q.db")
+    await first.open()
+    try:
+        with pytest.raises(StoreLocked, match="in use by another broker"):
+            await SqliteStore(tmp_path / "q.db").open()
+    finally:
+        await first.close()
+    # Released with its owner: the next one opens.
+    again = SqliteStore(tmp_path / "q.db")
+    await again.open()
+    await again.close()
+
+
+async def test_another_process_is_refused_while_this_one_owns_the_file(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "q.db")
+    await store.open()
+    script = textwrap.dedent(
+        f"""
+        import asyncio
+        from conveyor.core.errors import StoreLocked
+        from conveyor.store.sqlite.store import SqliteStore
+        try:
+            asyncio.run(SqliteStore({str(tmp_path / "q.db")!r}).open())
+        except StoreLocked as exc:
+            print("refused:", exc)
+        """
+    )
+    try:
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE
+        )
+        stdout, _ = await asyncio.wait_for(child.communicate(), 60)
+    finally:
+        await store.close()
+    assert b"refused:" in stdout
+    assert b"pid" in stdout
+
+
+def test_bad_store_arguments_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument):
+        SqliteStore(tmp_path / "q.db", durability="never")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument):
+        SqliteStore(None, durability="fsync")
+    with pytest.raises(InvalidArgument):
+        SqliteStore(tmp_path / "q.db", durability="memory")
+
+
+@pytest.mark.parametrize(("durability", "fsyncs"), [("fsync", 2), ("os", 0)])
+async def test_durability_decides_who_fsyncs_the_wal(
+    tmp_path: Path, durability: str, fsyncs: int
+) -> None:
+    """SQLite commits into the WAL without syncing (synchronous=NORMAL); at
+    fsync the writer fdatasyncs the WAL once per group of durable commits,
+    and a group of only relaxed operations (lease grants) needs none."""
+    store = SqliteStore(tmp_path / "q.db", durability=durability)  # type: ignore[arg-type]
+    await store.open()
+    try:
+        mode, sync = await store.writer.run(
+            lambda tx: (
+                tx.conn.execute("PRAGMA journal_mode").fetchone()[0],
+                tx.conn.execute("PRAGMA synchronous").fetchone()[0],
+            )
+        )
+        await store.writer.run(lambda tx: None, durable=False)
+        # Ten durable operations in one loop turn: one group, one fsync.
+        await asyncio.gather(*(store.writer.run(lambda tx: None) for _ in range(10)))
+        metrics = store.metrics()
+    finally:
+        await store.close()
+    assert (mode, sync) == ("wal", 1)
+    assert metrics["fsyncs_total"] == fsyncs
+    assert metrics["commits_total"] == 3
+
+
+def test_the_migrated_schema_is_the_one_the_migrations_describe(tmp_path: Path) -> None:
+    found = migrations("conveyor.store.sqlite.migrations")
+    assert [n for n, _ in found] == list(range(1, len(found) + 1))
+    asyncio.run(_open_close(tmp_path / "q.db"))
+    fresh = sqlite3.connect(":memory:")
+    for _, script in found:
+        fresh.executescript(script)
+    migrated = sqlite3.connect(tmp_path / "q.db")
+    assert migrated.execute("PRAGMA user_version").fetchone()[0] == len(found)
+    assert _schema(migrated) == _schema(fresh)
+
+
+async def _open_close(path: Path) -> None:
+    store = SqliteStore(path)
+    await store.open()
+    await store.close()
+
+
+def _schema(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    return sorted(conn.execute("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL"))
+
+
+def test_every_named_query_is_plain_sql() -> None:
+    text = (Path(__file__).parents[2] / "src/conveyor/store/sqlite/queries.sql").read_text()
+    queries = parse_queries(text)
+    conn = sqlite3.connect(":memory:")
+    for _, script in migrations("conveyor.store.sqlite.migrations"):
+        conn.executescript(script)
+    for name, sql in queries.items():
+        # EXPLAIN compiles the statement without running it.
+        conn.execute("EXPLAIN " + sql, (None,) * sql.count("?"))
+        assert "{" not in sql, name
+    with pytest.raises(ValueError, match="twice"):
+        parse_queries("-- name: a\nSELECT 1;\n-- name: a\nSELECT 2;")
+
+
+async def test_tokens_from_before_a_crash_never_match_a_new_delivery(tmp_path: Path) -> None:
+    """Lease grants are committed without fsync; a new epoch per open keeps
+    every token after a restart above every token handed out before it."""
+    broker = Broker(SqliteStore(tmp_path / "q.db"), monitor=False)
+    await broker.start()
+    await broker.create_queue("q")
+    await broker.enqueue("q", b"x")
+    session = await broker.open_session()
+    (before,) = await broker.receive(session, "q")
+    await broker.close()
+
+    broker = Broker(SqliteStore(tmp_path / "q.db"), monitor=False)
+    await broker.start()
+    try:
+        session = await broker.open_session()
+        (after,) = await broker.receive(session, "q")
+        assert after.id == before.id
+        assert after.token > before.token
+        with pytest.raises(LeaseLost):
+            await broker.ack(before.id, before.token)
+        await broker.ack(after.id, after.token)
+    finally:
+        await broker.close()
