@@ -1,0 +1,201 @@
+"""Conveyor over loopback: a real `conveyor serve` process, one producer and
+one consumer (AsyncClient, the native protocol).
+
+    python bench/network.py --durability fsync
+
+Prints, one line each: enqueue msgs/s with single calls one at a time, with
+single calls pipelined, and with batches of 100; end-to-end msgs/s (producer
+batches, consumer with prefetch acking each delivery); enqueue-to-delivery
+latency p50/p99/max at a steady 500 msgs/s. The server runs in its own
+process; this script's process holds both clients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from conveyor.client.aio import AsyncClient
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(data: Path, durability: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "conveyor", "serve", "--data", str(data), "--port", str(port),
+           "--http-port", "-1", "--durability", durability, "--log-level", "warning"]  # fmt: skip
+    proc = subprocess.Popen(cmd)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, f"conveyor://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("the server did not start")
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def progress(label: str, done: int, total: int) -> None:
+    print(f"\r  {label}: {done:,}/{total:,}", end="", file=sys.stderr, flush=True)
+
+
+async def enqueue_serial(client: AsyncClient, n: int) -> float:
+    start = time.perf_counter()
+    for i in range(n):
+        await client.enqueue("bench", b"x" * 100)
+        if i % 1000 == 0:
+            progress("serial enqueue", i, n)
+    print(file=sys.stderr)
+    return n / (time.perf_counter() - start)
+
+
+async def enqueue_pipelined(client: AsyncClient, n: int, window: int = 256) -> float:
+    start = time.perf_counter()
+    sem = asyncio.Semaphore(window)
+
+    async def one() -> None:
+        async with sem:
+            await client.enqueue("bench", b"x" * 100)
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    return n / (time.perf_counter() - start)
+
+
+async def enqueue_batched(client: AsyncClient, n: int, batch: int = 100, window: int = 8) -> float:
+    body = b"x" * 100
+    items = [body] * batch
+    sem = asyncio.Semaphore(window)
+
+    async def one() -> None:
+        async with sem:
+            await client.enqueue_many("bench", items)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(n // batch)))
+    return n / (time.perf_counter() - start)
+
+
+async def drain(client: AsyncClient, n: int, prefetch: int) -> None:
+    done = 0
+    pending: set[asyncio.Task[None]] = set()
+    async for d in client.consume("bench", prefetch=prefetch):
+        task = asyncio.ensure_future(d.ack())
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+        done += 1
+        if done % 5000 == 0:
+            progress("end to end", done, n)
+        if done >= n:
+            break
+    await asyncio.gather(*pending)
+    print(file=sys.stderr)
+
+
+async def end_to_end(producer: AsyncClient, consumer: AsyncClient, n: int) -> float:
+    start = time.perf_counter()
+    await asyncio.gather(enqueue_batched(producer, n), drain(consumer, n, prefetch=1000))
+    return n / (time.perf_counter() - start)
+
+
+async def latency(
+    producer: AsyncClient, consumer: AsyncClient, rate: int, seconds: float
+) -> list[float]:
+    n = int(rate * seconds)
+    samples: list[float] = []
+
+    async def consume() -> None:
+        async for d in consumer.consume("latency", prefetch=100):
+            samples.append(time.time() - float(d.body))
+            await d.ack()
+            if len(samples) >= n:
+                return
+
+    sent: set[asyncio.Future[object]] = set()
+
+    async def produce() -> None:
+        start = time.perf_counter()
+        for i in range(n):
+            target = start + i / rate
+            delay = target - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.ensure_future(producer.enqueue("latency", repr(time.time()).encode()))
+            sent.add(task)
+            task.add_done_callback(sent.discard)
+            if i % rate == 0:
+                progress("latency", i, n)
+        print(file=sys.stderr)
+
+    await asyncio.gather(consume(), produce())
+    return samples
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+async def run(args: argparse.Namespace, url: str) -> None:
+    async with AsyncClient(url) as producer, AsyncClient(url) as consumer:
+        await producer.create_queue("bench")
+        await producer.create_queue("latency")
+        serial = await enqueue_serial(producer, args.serial)
+        say(f"enqueue, single calls one at a time: {serial:,.0f} msgs/s")
+        await producer.purge("bench")
+        rate = await enqueue_pipelined(producer, args.messages)
+        say(f"enqueue, single calls pipelined (256 in flight): {rate:,.0f} msgs/s")
+        await producer.purge("bench")
+        batched = await enqueue_batched(producer, args.messages * 5)
+        say(f"enqueue, batches of 100: {batched:,.0f} msgs/s")
+        await producer.purge("bench")
+        e2e = await end_to_end(producer, consumer, args.messages * 2)
+        say(f"end to end (batched producer, consumer prefetch 1000): {e2e:,.0f} msgs/s")
+        samples = await latency(producer, consumer, args.rate, args.seconds)
+        ms = [s * 1000 for s in samples]
+        say(
+            f"enqueue-to-delivery latency at {args.rate}/s for {args.seconds:g}s:"
+            f" p50 {pct(ms, 50):.2f} ms, p99 {pct(ms, 99):.2f} ms, max {max(ms):.2f} ms"
+            f" (mean {statistics.mean(ms):.2f})"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--durability", choices=("fsync", "os", "memory"), default="fsync")
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--serial", type=int, default=3_000)
+    parser.add_argument("--rate", type=int, default=500)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    say(f"durability={args.durability} cores={os.cpu_count()} python={sys.version.split()[0]}")
+    with tempfile.TemporaryDirectory(dir=".") as tmp:
+        proc, url = start_server(Path(tmp) / "data", args.durability)
+        try:
+            asyncio.run(run(args, url))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
