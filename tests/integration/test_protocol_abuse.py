@@ -275,12 +275,6 @@ def test_a_consumer_that_stops_reading_does_not_grow_the_server(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="server/native.py: replies of requests already read are written without"
-    " bound to a client that does not read them (every pipelined receive still runs"
-    " and buffers its reply; the 1 MiB high-water mark only stops reading new ones)",
-)
 def test_a_client_that_pipelines_receives_and_reads_nothing_does_not_grow_the_server(
     start_server: StartServer,
 ) -> None:

@@ -358,12 +358,6 @@ def test_sync_consume_with_prefetch(client: conveyor.Client, queue: str) -> None
     assert (stats.ready, stats.leased, stats.acked_total) == (0, 0, 30)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="broker/flow.py: consume accepts prefetch up to 10000 (docs/protocol.md, the"
-    " server's check) but its CreditedConsumer receives max=credit, and receive allows at"
-    " most max_receive=1000: the subscription ends at once with invalid_argument",
-)
 async def test_consume_accepts_a_prefetch_above_a_thousand(
     server: ServerProcess, queue: str
 ) -> None:

@@ -73,7 +73,10 @@ class CreditedConsumer:
                 await self._writable.wait()
             try:
                 got = await self.broker.receive(
-                    self.session, self.queue, max=self.credit, wait=POLL_WAIT
+                    self.session,
+                    self.queue,
+                    max=min(self.credit, self.broker.config.max_receive),
+                    wait=POLL_WAIT,
                 )
             except ConveyorError as exc:
                 self._end(exc)

@@ -7,11 +7,14 @@ enqueue of every connection meets the others in the store's group commit.
 
 Bounds, so that no client can make the server buffer without limit:
   - a frame longer than ``max_frame`` is refused before its body is read;
-  - at most ``max_inflight`` requests run per connection; past that the
-    server stops reading from the socket until some finish;
+  - at most ``max_inflight`` requests run per connection, and at most
+    ``MAX_RECEIVES`` of them are receives (whose replies carry bodies); the
+    requests past that wait, parsed, and the server stops reading from the
+    socket until they can start;
   - when the socket's send buffer passes its high-water mark (a client that
-    does not read), the server stops reading requests and stops pushing
-    deliveries until it drains;
+    does not read), the server starts no request, stops reading and stops
+    pushing deliveries until it drains; so what it buffers for a client is
+    bounded by the replies of the requests already running;
   - pushed deliveries are bounded by the subscription's credit (prefetch):
     a delivery's credit comes back when the client settles it.
 
@@ -28,6 +31,7 @@ import hmac
 import logging
 import ssl
 import time
+from collections import deque
 from typing import Any, cast
 
 from conveyor.broker import operations
@@ -37,6 +41,10 @@ from conveyor.core import wire
 from conveyor.core.errors import BrokerClosed, ConveyorError, InvalidArgument, SessionNotFound
 
 log = logging.getLogger("conveyor.server")
+
+# Receives of one connection running at once: each may hold up to
+# max_receive bodies between the store and the socket.
+MAX_RECEIVES = 4
 
 SERVER_NAME = "conveyor"
 
@@ -97,6 +105,10 @@ class Connection(asyncio.Protocol):
         self.name = ""
         self.peer = "?"
         self.tasks: set[asyncio.Task[None]] = set()
+        # Requests read but not started yet (see the bounds above).
+        self.waiting: deque[tuple[int, Any, Any]] = deque()
+        self.waiting_receives: deque[tuple[int, Any, Any]] = deque()
+        self.receives = 0
         self.subs: dict[int, CreditedConsumer] = {}
         self.next_sub = 1
         self.session_id: str | None = None
@@ -146,13 +158,15 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.writable.set()
-        self._maybe_resume_reading()
+        self._start_waiting()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
         if self._ticker is not None:
             self._ticker.cancel()
         self.writable.set()
+        self.waiting.clear()
+        self.waiting_receives.clear()
         for task in list(self.tasks):
             task.cancel()
         for sub in self.subs.values():
@@ -185,7 +199,8 @@ class Connection(asyncio.Protocol):
                 return
             self._hello(rid, args)
             return
-        self._spawn(self._request(rid, op, args))
+        (self.waiting_receives if op == "receive" else self.waiting).append((rid, op, args))
+        self._start_waiting()
 
     def _hello(self, rid: int, args: Any) -> None:
         if not isinstance(args, dict):
@@ -320,30 +335,47 @@ class Connection(asyncio.Protocol):
             self.transport.write(data)
             self.last_out = time.monotonic()
 
-    def _spawn(self, coro: Any) -> None:
+    def _start_waiting(self) -> None:
+        """Start the requests read so far, as far as the bounds allow; stop
+        reading while any has to wait, resume once none does."""
+        while self._room() and (self.waiting or self.waiting_receives):
+            if self.waiting:
+                self._spawn(self._request(*self.waiting.popleft()))
+            elif self.receives < MAX_RECEIVES:
+                self.receives += 1
+                task = self._spawn(self._request(*self.waiting_receives.popleft()))
+                task.add_done_callback(self._receive_done)
+            else:
+                break
+        if self.waiting or self.waiting_receives or not self._room():
+            self._pause_reading()
+        else:
+            self._resume_reading()
+
+    def _room(self) -> bool:
+        return self.writable.is_set() and len(self.tasks) < self.server.max_inflight
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task = self.loop.create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self._task_done)
-        if len(self.tasks) >= self.server.max_inflight:
-            self._pause_reading()
+        return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
-        self._maybe_resume_reading()
+        self._start_waiting()
+
+    def _receive_done(self, task: asyncio.Task[None]) -> None:
+        self.receives -= 1
+        self._start_waiting()
 
     def _pause_reading(self) -> None:
         if not self.reading_paused and self.transport is not None:
             self.reading_paused = True
             self.transport.pause_reading()
 
-    def _maybe_resume_reading(self) -> None:
-        if (
-            self.reading_paused
-            and self.writable.is_set()
-            and len(self.tasks) < self.server.max_inflight
-            and self.transport is not None
-            and not self.transport.is_closing()
-        ):
+    def _resume_reading(self) -> None:
+        if self.reading_paused and self.transport is not None and not self.transport.is_closing():
             self.reading_paused = False
             self.transport.resume_reading()
 
