@@ -50,6 +50,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from conveyor.server.service import Service, ServiceOptions
 
     setup_logging(args.log_level, args.log_format)
+    if args.session_timeout < 2 * args.heartbeat:
+        log.error(
+            "--session-timeout (%gs) must be at least twice --heartbeat (%gs)",
+            args.session_timeout,
+            args.heartbeat,
+        )
+        return 2
     options = ServiceOptions(
         data=Path(args.data),
         store_url=args.store,
@@ -60,6 +67,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         token=args.token,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        heartbeat=args.heartbeat,
+        session_timeout=args.session_timeout,
     )
 
     async def main() -> None:
@@ -323,11 +332,24 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
+
+
 def _serve_parser(sub: Subparsers) -> None:
     s = sub.add_parser("serve", help="run a broker")
     s.add_argument("--data", default="conveyor-data", help="directory of the embedded SQLite store")
     s.add_argument(
-        "--store", default=None, help="store URL instead of --data (sqlite:///file.db, memory://)"
+        "--store",
+        default=None,
+        help="store URL instead of --data: sqlite:///file.db, memory://, or"
+        " postgresql://user@host/db?schema=NAME (several nodes may share one)",
     )
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=7710, help="native protocol port (0: any free)")
@@ -335,6 +357,15 @@ def _serve_parser(sub: Subparsers) -> None:
         "--http-port", type=int, default=7711, help="HTTP API port (0: any free, -1: no HTTP API)"
     )
     s.add_argument("--durability", choices=("fsync", "os", "memory"), default="fsync")
+    s.add_argument(
+        "--heartbeat", type=_positive, default=2.0, help="seconds between heartbeats (default 2)"
+    )
+    s.add_argument(
+        "--session-timeout",
+        type=_positive,
+        default=10.0,
+        help="seconds a consumer may stay silent before its leases are released (default 10)",
+    )
     s.add_argument("--token", default=None, help="require this auth token from clients")
     s.add_argument("--tls-cert", type=Path, default=None)
     s.add_argument("--tls-key", type=Path, default=None)

@@ -235,7 +235,11 @@ def test_serve_refuses_with_a_clear_message(server: ServerProcess, tmp_path: Pat
     assert taken.returncode == 2 and "address already in use" in taken.stderr, taken.stderr
     bad = serve("--store", "bogus://x", "--port", port, "--http-port", http)
     assert bad.returncode == 2 and "unsupported store URL" in bad.stderr, bad.stderr
-    for done in (locked, taken, bad):
+    short = serve("--heartbeat", "5", "--session-timeout", "6", "--port", port)
+    assert short.returncode == 2 and "at least twice --heartbeat" in short.stderr, short.stderr
+    zero = serve("--heartbeat", "0", "--port", port)
+    assert zero.returncode == 2 and "positive number of seconds" in zero.stderr, zero.stderr
+    for done in (locked, taken, bad, short, zero):
         assert "Traceback" not in done.stderr, done.stderr
     assert server.alive()
     with conveyor.Client(server.url, timeout=10) as client:

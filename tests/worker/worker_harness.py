@@ -109,11 +109,22 @@ def _stop_process(proc: subprocess.Popen[bytes], sig: int, timeout: float) -> No
 
 
 class BrokerProcess:
-    """``conveyor serve`` in a subprocess; restartable on the same port and data."""
+    """``conveyor serve`` in a subprocess; restartable on the same port and
+    data. With ``store`` (a URL) it serves that store instead of an embedded
+    one under ``directory``; ``extra`` are more ``serve`` arguments."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        store: str | None = None,
+        extra: tuple[str, ...] = (),
+        name: str = "broker",
+    ) -> None:
         self.data = directory / "data"
-        self.log_path = directory / "broker.log"
+        self.store = store
+        self.extra = extra
+        self.log_path = directory / f"{name}.log"
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -124,13 +135,14 @@ class BrokerProcess:
 
     def start(self) -> None:
         self._log = self.log_path.open("ab")
+        where = ["--store", self.store] if self.store else ["--data", str(self.data)]
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "conveyor", "serve",
-                "--data", str(self.data),
+                sys.executable, "-m", "conveyor", "serve", *where,
                 "--port", str(self.port),
                 "--http-port", "-1",
                 "--log-level", "warning",
+                *self.extra,
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
