@@ -365,3 +365,25 @@ async def test_the_lease_monitor_releases_only_expired_leases(
     assert (await broker.sweep_once()).leases_expired == 0
     stats = await broker.stats("q")
     assert (stats.lease_expired_total, stats.delivered_total) == (2, 8)
+
+
+async def test_one_batch_naming_a_message_twice_acks_it_once(broker: Broker) -> None:
+    await broker.create_queue("q")
+    for body in (b"a", b"b", b"c"):
+        await broker.enqueue("q", body)
+    session = await broker.open_session("1")
+    a, b, c = await broker.receive(session, "q", max=3)
+    outcomes = await broker.ack_many(
+        [
+            Ack(a.id, a.token),
+            Ack(a.id, a.token),  # the same ack again: already done
+            Ack(b.id, b.token + 1),  # a wrong token first ...
+            Ack(b.id, b.token),  # ... does not spoil the right one after it
+            Ack(c.id, c.token),
+        ]
+    )
+    assert [type(o).__name__ for o in outcomes] == [
+        "NoneType", "LeaseLost", "LeaseLost", "NoneType", "NoneType",
+    ]  # fmt: skip
+    stats = await broker.stats("q")
+    assert (stats.leased, stats.acked_total) == (0, 3)

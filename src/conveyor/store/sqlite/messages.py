@@ -233,10 +233,12 @@ def ack(state: StoreState, tx: Transaction, op: SettleOp) -> Settled:
     fx = Effects()
     outcomes: list[Any] = []
     acked_by: dict[str, int] = {}
-    for item in op.items:
+    seqs = [parse_id(item.id) for item in op.items]
+    pairs = json.dumps([[seq, item.token] for seq, item in zip(seqs, op.items, strict=True)])
+    deleted = {(row[0], row[1]): row[2:] for row in conn.execute(Q.ack_delete, (pairs,))}
+    for seq, item in zip(seqs, op.items, strict=True):
         assert isinstance(item, Ack)
-        seq = parse_id(item.id)
-        row = conn.execute(Q.ack_delete, (seq, item.token)).fetchone()
+        row = deleted.pop((seq, item.token), None)  # an id listed twice is acked once
         if row is None:
             outcomes.append(_lost(item.id, item.token))
             continue

@@ -79,11 +79,15 @@ WHERE id = ?;
 UPDATE sessions SET acked_total = acked_total + ? WHERE id = ?;
 
 -- name: ack_delete
--- A lease's token is honoured while the message is leased, or ready again
--- after its lease lapsed but before anyone else received it.
+-- Every message of a JSON array of [seq, token] pairs whose token is honoured:
+-- while the message is leased, or ready again after its lease lapsed but
+-- before anyone else received it. One statement for a whole batch of acks.
 DELETE FROM messages
-WHERE seq = ? AND token = ? AND holder IS NOT NULL AND state IN (0, 2)
-RETURNING queue, grp, holder;
+WHERE seq IN (SELECT m.seq FROM json_each(?) AS a
+              JOIN messages AS m ON m.seq = json_extract(a.value, '$[0]')
+              WHERE m.token = json_extract(a.value, '$[1]')
+                AND m.holder IS NOT NULL AND m.state IN (0, 2))
+RETURNING seq, token, queue, grp, holder;
 
 -- name: lease_get
 SELECT queue, grp, attempts, max_attempts FROM messages
