@@ -233,11 +233,12 @@ def ack(state: StoreState, tx: Transaction, op: SettleOp) -> Settled:
     fx = Effects()
     outcomes: list[Any] = []
     acked_by: dict[str, int] = {}
-    seqs = [parse_id(item.id) for item in op.items]
-    pairs = json.dumps([[seq, item.token] for seq, item in zip(seqs, op.items, strict=True)])
+    acks = [item for item in op.items if isinstance(item, Ack)]
+    assert len(acks) == len(op.items)
+    seqs = [parse_id(item.id) for item in acks]
+    pairs = json.dumps([[seq, item.token] for seq, item in zip(seqs, acks, strict=True)])
     deleted = {(row[0], row[1]): row[2:] for row in conn.execute(Q.ack_delete, (pairs,))}
-    for seq, item in zip(seqs, op.items, strict=True):
-        assert isinstance(item, Ack)
+    for seq, item in zip(seqs, acks, strict=True):
         row = deleted.pop((seq, item.token), None)  # an id listed twice is acked once
         if row is None:
             outcomes.append(_lost(item.id, item.token))
