@@ -20,7 +20,7 @@ import functools
 import inspect
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Generic, ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from conveyor.client.aio import AsyncClient
 from conveyor.client.sync import Client
@@ -241,9 +241,44 @@ class App:
         self._queues: set[str] = set()
         self._lock = threading.Lock()
 
+    @overload
+    def task(
+        self,
+        fn: Callable[P, R],
+        /,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        priority: int = 0,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+        backoff: float | Callable[[int], float] | None = None,
+        group: KeyFn = None,
+        dedup_key: KeyFn = None,
+    ) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        priority: int = 0,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+        backoff: float | Callable[[int], float] | None = None,
+        group: KeyFn = None,
+        dedup_key: KeyFn = None,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
     def task(
         self,
         fn: Callable[P, R] | None = None,
+        /,
         *,
         name: str | None = None,
         queue: str = "default",
