@@ -77,6 +77,7 @@ class NativeTransport:
         self._connecting: asyncio.Task[None] | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._beat_task: asyncio.Task[None] | None = None
+        self._last_in = time.monotonic()  # when the broker last sent anything
         self._closed = False
         self._generation = 0  # bumped on every new connection
 
@@ -189,10 +190,12 @@ class NativeTransport:
     async def _read(
         self, reader: asyncio.StreamReader, frames: wire.FrameReader, generation: int
     ) -> None:
-        silent_limit = 3 * float(self.server_info.get("heartbeat", self.heartbeat))
+        # A silent broker is noticed by _beat, which aborts the connection:
+        # no timer per read on this path.
         try:
             while True:
-                chunk = await asyncio.wait_for(reader.read(1 << 16), silent_limit)
+                chunk = await reader.read(1 << 16)
+                self._last_in = time.monotonic()
                 if not chunk:
                     raise OSError("closed by the broker")
                 for frame in frames.feed(chunk):
@@ -246,11 +249,17 @@ class NativeTransport:
             log.debug("releasing %d deliveries: %s", len(items), exc)
 
     async def _beat(self, generation: int) -> None:
-        interval = float(self.server_info.get("heartbeat", self.heartbeat)) / 2
+        heartbeat = float(self.server_info.get("heartbeat", self.heartbeat))
+        self._last_in = time.monotonic()
         while generation == self._generation and self._writer is not None:
-            await asyncio.sleep(interval)
-            if self._writer is not None and generation == self._generation:
-                self._writer.write(wire.HEARTBEAT_FRAME)
+            await asyncio.sleep(heartbeat / 2)
+            if self._writer is None or generation != self._generation:
+                return
+            silent = time.monotonic() - self._last_in
+            if silent > 3 * heartbeat:
+                self._lost(generation, f"the broker was silent for {silent:.1f}s")
+                return
+            self._writer.write(wire.HEARTBEAT_FRAME)
 
     # -- calls ----------------------------------------------------------------
 
