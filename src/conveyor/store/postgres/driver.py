@@ -71,10 +71,24 @@ async def connect(options: PostgresOptions) -> Connection:
     return cast(Connection, conn)
 
 
+class _PooledConnection(asyncpg.Connection):  # type: ignore[misc]
+    """A pooled connection returned without asyncpg's reset statement (one
+    round trip per release): the store leaves no session state behind on
+    them (settings are set per transaction, the one session-level advisory
+    lock is released or its connection terminated), and an open transaction
+    is still rolled back by the pool."""
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 async def create_pool(options: PostgresOptions) -> Pool:
     try:
         pool = await asyncpg.create_pool(
-            min_size=options.pool_min, max_size=options.pool_max, **_connect_kwargs(options)
+            min_size=options.pool_min,
+            max_size=options.pool_max,
+            connection_class=_PooledConnection,
+            **_connect_kwargs(options),
         )
     except Exception as exc:
         raise store_error(exc) from exc

@@ -466,7 +466,11 @@ class PostgresStore:
                 await conn.execute(Q.vacuum_analyze if analyze else Q.vacuum)
                 self._vacuums += 1
             finally:
-                await conn.execute(Q.maintenance_unlock, migrate.LOCK_CLASS, key)
+                try:
+                    await conn.execute(Q.maintenance_unlock, migrate.LOCK_CLASS, key)
+                except BaseException:
+                    conn.terminate()  # the lock must not outlive this turn in the pool
+                    raise
 
         try:
             await self._pooled(vacuum)
