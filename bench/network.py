@@ -2,6 +2,12 @@
 one consumer (AsyncClient, the native protocol).
 
     python bench/network.py --durability fsync
+    python bench/network.py --store postgresql://postgres@127.0.0.1:5432/test --nodes 2
+
+With ``--store postgresql://...`` the servers run on a fresh schema of that
+database (dropped at the end); with ``--nodes 2`` two servers share it, the
+producer talks to the first and the consumer to the second, so every
+delivery crosses nodes (a NOTIFY wakes the consumer's node).
 
 Prints, one line each: enqueue msgs/s with single calls one at a time, with
 single calls pipelined, and with batches of 100; end-to-end msgs/s (producer
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import signal
 import socket
 import statistics
@@ -33,9 +40,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(data: Path, durability: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(store: list[str], durability: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "conveyor", "serve", "--data", str(data), "--port", str(port),
+    cmd = [sys.executable, "-m", "conveyor", "serve", *store, "--port", str(port),
            "--http-port", "-1", "--durability", durability, "--log-level", "warning"]  # fmt: skip
     proc = subprocess.Popen(cmd)
     deadline = time.monotonic() + 20
@@ -44,9 +51,24 @@ def start_server(data: Path, durability: str) -> tuple[subprocess.Popen[bytes], 
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             return proc, f"conveyor://127.0.0.1:{port}"
         except OSError:
+            if proc.poll() is not None:
+                raise SystemExit(f"the server exited with {proc.returncode}") from None
             time.sleep(0.05)
     proc.kill()
     raise SystemExit("the server did not start")
+
+
+def drop_schema(url: str, schema: str) -> None:
+    import asyncpg  # the postgres extra
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
 
 
 def say(text: str) -> None:
@@ -122,11 +144,17 @@ async def latency(
     samples: list[float] = []
 
     async def consume() -> None:
+        # Acks run beside the next deliveries, as a worker's do: a consumer
+        # that waited for each would measure its own ack round trip instead.
+        acks: set[asyncio.Task[None]] = set()
         async for d in consumer.consume("latency", prefetch=100):
             samples.append(time.time() - float(d.body))
-            await d.ack()
+            ack = asyncio.ensure_future(d.ack())
+            acks.add(ack)
+            ack.add_done_callback(acks.discard)
             if len(samples) >= n:
-                return
+                break
+        await asyncio.gather(*acks)
 
     sent: set[asyncio.Future[object]] = set()
 
@@ -153,8 +181,8 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
-async def run(args: argparse.Namespace, url: str) -> None:
-    async with AsyncClient(url) as producer, AsyncClient(url) as consumer:
+async def run(args: argparse.Namespace, producer_url: str, consumer_url: str) -> None:
+    async with AsyncClient(producer_url) as producer, AsyncClient(consumer_url) as consumer:
         await producer.create_queue("bench")
         await producer.create_queue("latency")
         serial = await enqueue_serial(producer, args.serial)
@@ -186,15 +214,44 @@ def main() -> None:
     parser.add_argument("--serial", type=int, default=3_000)
     parser.add_argument("--rate", type=int, default=500)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--store", help="postgresql://... (default: an embedded SQLite store in a temporary dir)"
+    )
+    parser.add_argument("--nodes", type=int, default=1, help="servers on one PostgreSQL store")
     args = parser.parse_args()
-    say(f"durability={args.durability} cores={os.cpu_count()} python={sys.version.split()[0]}")
+    if args.nodes < 1 or (args.nodes > 1 and not args.store):
+        parser.error("--nodes above 1 needs --store postgresql://...")
+    store = "sqlite" if not args.store else f"postgresql, {args.nodes} node(s)"
+    say(
+        f"store={store} durability={args.durability} cores={os.cpu_count()}"
+        f" python={sys.version.split()[0]}"
+    )
+    schema = f"bench_net_{secrets.token_hex(4)}"
+    procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(dir=".") as tmp:
-        proc, url = start_server(Path(tmp) / "data", args.durability)
         try:
-            asyncio.run(run(args, url))
+            urls = []
+            for _ in range(args.nodes):
+                where = (
+                    ["--store", with_schema(args.store, schema)]
+                    if args.store
+                    else ["--data", str(Path(tmp) / "data")]
+                )
+                proc, url = start_server(where, args.durability)
+                procs.append(proc)
+                urls.append(url)
+            asyncio.run(run(args, urls[0], urls[-1]))
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                proc.wait(timeout=30)
+            if args.store:
+                drop_schema(args.store, schema)
+
+
+def with_schema(url: str, schema: str) -> str:
+    return url + ("&" if "?" in url else "?") + f"schema={schema}"
 
 
 if __name__ == "__main__":

@@ -157,7 +157,7 @@ def main() -> None:
         (work / "bench_tasks.py").write_text(TASKS)
         os.environ["BENCH_LOG"] = str(work / "log")
         sys.path.insert(0, str(work))
-        server, url = start_server(work / "data", args.durability)
+        server, url = start_server(["--data", str(work / "data")], args.durability)
         os.environ["CONVEYOR_URL"] = url
         import bench_tasks  # type: ignore[import-not-found]
 
