@@ -120,6 +120,9 @@ def test_good_headers(headers: dict[str, str]) -> None:
         {"a": b"b"},
         {"k": "v" * validation.MAX_HEADERS_BYTES},
         {f"k{i}": "v" * 1000 for i in range(70)},
+        {"a": "b\x00c"},
+        {"\x00": "v"},
+        {"a": "\ud800"},
     ],
 )
 def test_bad_headers(headers: object) -> None:

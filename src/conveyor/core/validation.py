@@ -49,9 +49,23 @@ def _integer(name: str, value: object, *, minimum: int, maximum: int | None = No
     return value
 
 
+def _storable(text: str) -> bool:
+    """Whether every store can keep ``text`` as it is: UTF-8 without NUL
+    (PostgreSQL's text holds no NUL; a lone surrogate has no UTF-8 form)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def key(name: str, value: object) -> str:
     if not isinstance(value, str) or not value or len(value) > MAX_KEY_LENGTH:
         raise InvalidArgument(f"{name} must be a string of 1 to {MAX_KEY_LENGTH} characters")
+    if not _storable(value):
+        raise InvalidArgument(f"{name} must be UTF-8 text without NUL characters")
     return value
 
 
@@ -95,6 +109,8 @@ def headers(value: object) -> dict[str, str]:
     for k, v in value.items():
         if not isinstance(k, str) or not isinstance(v, str) or not k:
             raise InvalidArgument("headers must be a mapping of non-empty strings to strings")
+        if not (_storable(k) and _storable(v)):
+            raise InvalidArgument("headers must be UTF-8 text without NUL characters")
         size += len(k) + len(v)
     if size > MAX_HEADERS_BYTES:
         raise InvalidArgument(f"headers exceed {MAX_HEADERS_BYTES} characters")
