@@ -348,6 +348,23 @@ async def test_a_change_on_one_node_wakes_a_waiter_on_another(node: MakeNode) ->
     assert b.store.metrics()["notifications_received_total"] >= 1
 
 
+async def test_a_queue_deleted_and_made_again_on_another_node_is_consumed_here(
+    node: MakeNode,
+) -> None:
+    """A session of node A consumes a queue; node B deletes it and creates it
+    again: A's session is a consumer of the new queue (it owns its groups'
+    buckets) without reconnecting."""
+    a, b = await node(), await node()
+    await a.create_queue("q")
+    session = await a.open_session()
+    assert await a.receive(session, "q") == []
+    await b.delete_queue("q")
+    await b.create_queue("q")
+    sent = await b.enqueue("q", b"grouped", group="g")
+    got = await a.receive(session, "q", wait=5)
+    assert [d.id for d in got] == [sent.id]
+
+
 async def test_the_listener_comes_back_after_its_connection_is_killed(node: MakeNode) -> None:
     a, b = await node(), await node()
     await a.create_queue("q")

@@ -167,11 +167,16 @@ FROM unnest($2::text[]) AS p;
 -- name: claim_begin
 -- Before a claim, in a transaction of its own (committed without waiting for
 -- the WAL flush: all of it is made again by the next claim or sweep): marks
--- the consumer, makes the queue's due messages ready, and reads the queue's
--- settings, whether the session lives, whether a group head is ready, and
--- when the next scheduled message is due.
-WITH c AS (UPDATE consumers SET last_claim = $3
-           WHERE queue = $1 AND session = $2 AND last_claim < $3),
+-- the consumer (registering it again if its row went with a queue another
+-- node deleted and made again), makes the queue's due messages ready, and
+-- reads the queue's settings, whether the session lives, whether a group head
+-- is ready, and when the next scheduled message is due.
+WITH c AS (INSERT INTO consumers (session, queue, last_claim)
+           SELECT $2, $1, $3
+           WHERE EXISTS (SELECT 1 FROM queues WHERE name = $1)
+             AND EXISTS (SELECT 1 FROM sessions WHERE id = $2)
+           ON CONFLICT (queue, session) DO UPDATE SET last_claim = excluded.last_claim
+           WHERE consumers.last_claim < excluded.last_claim),
 due AS (UPDATE messages SET state = 0
         WHERE seq IN (SELECT seq FROM messages
                       WHERE queue = $1 AND state = 1 AND available_at <= $3
