@@ -2,10 +2,13 @@
 producer's load, then started again on the same data directory (and ports):
 every enqueue the producer saw acknowledged is there, none twice, and the
 producer's client reconnects on its own and carries on. Leases of the dead
-broker's consumers come back at restart; SIGTERM does not wait for long polls."""
+broker's consumers come back at restart; SIGTERM does not wait for long polls; a
+frozen broker (SIGSTOP) is given up by its silence and reconnected to later."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import random
 import signal
@@ -181,3 +184,25 @@ def test_sigterm_ends_long_polls_and_exits_promptly(start_server: StartServer) -
     server.start()  # and it comes back clean
     with conveyor.Client(server.url, timeout=10) as client:
         assert client.stats(QUEUE).leased == 0
+
+
+@pytest.mark.chaos
+async def test_a_frozen_broker_is_noticed_by_its_silence_and_the_client_comes_back(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker that stops answering (SIGSTOP) without closing the socket is
+    given up after three of its heartbeats of silence; once it runs again the
+    client reconnects by itself and its calls go through."""
+    server = start_server("--heartbeat", "0.5", "--session-timeout", "1")
+    caplog.set_level(logging.INFO, logger="conveyor.client")
+    async with conveyor.AsyncClient(server.url, timeout=30) as client:
+        await client.create_queue(QUEUE)
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(3)  # 6 heartbeats
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        lost = [r.getMessage() for r in caplog.records if "silent" in r.getMessage()]
+        assert lost, "the client did not notice the silence"
+        sent = await client.enqueue(QUEUE, "after the freeze")
+        assert (await client.stats(QUEUE)).ready == 1, sent
