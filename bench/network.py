@@ -58,19 +58,6 @@ def start_server(store: list[str], durability: str) -> tuple[subprocess.Popen[by
     raise SystemExit("the server did not start")
 
 
-def drop_schema(url: str, schema: str) -> None:
-    import asyncpg  # the postgres extra
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(url)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
-
-
 def say(text: str) -> None:
     print(text, flush=True)
 
@@ -229,14 +216,15 @@ def main() -> None:
     schema = f"bench_net_{secrets.token_hex(4)}"
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(dir=".") as tmp:
+        if args.store:
+            from postgres_store import drop, with_schema  # bench/ is on sys.path
+
+            where = ["--store", with_schema(args.store, schema)]
+        else:
+            where = ["--data", str(Path(tmp) / "data")]
         try:
             urls = []
             for _ in range(args.nodes):
-                where = (
-                    ["--store", with_schema(args.store, schema)]
-                    if args.store
-                    else ["--data", str(Path(tmp) / "data")]
-                )
                 proc, url = start_server(where, args.durability)
                 procs.append(proc)
                 urls.append(url)
@@ -247,11 +235,7 @@ def main() -> None:
             for proc in procs:
                 proc.wait(timeout=30)
             if args.store:
-                drop_schema(args.store, schema)
-
-
-def with_schema(url: str, schema: str) -> str:
-    return url + ("&" if "?" in url else "?") + f"schema={schema}"
+                asyncio.run(drop(args.store, schema))
 
 
 if __name__ == "__main__":

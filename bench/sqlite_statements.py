@@ -18,6 +18,7 @@ import json
 import sqlite3
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from conveyor.store.sql import migrations
@@ -26,8 +27,7 @@ from conveyor.store.sqlite.queries import Q
 BATCH = 100
 
 
-def timed(label: str, count: int, run: object) -> None:
-    assert callable(run)
+def timed(label: str, count: int, run: Callable[[], None]) -> None:
     started = time.perf_counter()
     run()
     took = time.perf_counter() - started
