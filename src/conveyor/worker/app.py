@@ -20,7 +20,7 @@ import functools
 import inspect
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack, overload
 
 from conveyor.client.aio import AsyncClient
 from conveyor.client.sync import Client
@@ -82,6 +82,20 @@ class TaskHandle(Generic[R]):
 
 
 KeyFn = str | Callable[..., str | None] | None
+
+
+class TaskOptions(TypedDict, total=False):
+    """The keyword options of ``App.task`` (see its signature for defaults)."""
+
+    name: str | None
+    queue: str
+    priority: int
+    max_attempts: int | None
+    timeout: float | None
+    retry_on: tuple[type[BaseException], ...]
+    backoff: float | Callable[[int], float] | None
+    group: KeyFn
+    dedup_key: KeyFn
 
 
 class Task(Generic[P, R]):
@@ -241,38 +255,14 @@ class App:
         self._queues: set[str] = set()
         self._lock = threading.Lock()
 
+    # The two ways to use it, for type checkers; the options and their
+    # defaults are those of the implementation below.
     @overload
-    def task(
-        self,
-        fn: Callable[P, R],
-        /,
-        *,
-        name: str | None = None,
-        queue: str = "default",
-        priority: int = 0,
-        max_attempts: int | None = None,
-        timeout: float | None = None,
-        retry_on: tuple[type[BaseException], ...] = (Exception,),
-        backoff: float | Callable[[int], float] | None = None,
-        group: KeyFn = None,
-        dedup_key: KeyFn = None,
-    ) -> Task[P, R]: ...
+    def task(self, fn: Callable[P, R], /, **options: Unpack[TaskOptions]) -> Task[P, R]: ...
 
     @overload
     def task(
-        self,
-        fn: None = None,
-        /,
-        *,
-        name: str | None = None,
-        queue: str = "default",
-        priority: int = 0,
-        max_attempts: int | None = None,
-        timeout: float | None = None,
-        retry_on: tuple[type[BaseException], ...] = (Exception,),
-        backoff: float | Callable[[int], float] | None = None,
-        group: KeyFn = None,
-        dedup_key: KeyFn = None,
+        self, fn: None = None, /, **options: Unpack[TaskOptions]
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
