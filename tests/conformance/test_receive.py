@@ -8,9 +8,14 @@ must come well before that."""
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from conveyor.broker.broker import Broker
 from conveyor.core.types import Delivery, NewMessage
+from conveyor.store.base import ClaimOp, ClaimResult
+
+if TYPE_CHECKING:
+    from conftest import FakeClock
 
 WOKEN_WITHIN = 0.5  # seconds: well under the waiting receive's own 1 s re-check
 
@@ -96,3 +101,75 @@ async def test_a_waiting_receive_wakes_when_its_group_moves_on(broker: Broker) -
     await broker.ack(g1.id, g1.token)
     [g2] = await asyncio.wait_for(waiting, 5)
     assert g2.body == b"g2" and loop.time() - began < WOKEN_WITHIN
+
+
+def count_claims(broker: Broker) -> list[int]:
+    """Count the claims the broker makes of its store from now on."""
+    calls = [0]
+    claim = broker.store.claim
+
+    async def counted(op: ClaimOp) -> ClaimResult:
+        calls[0] += 1
+        return await claim(op)
+
+    broker.store.claim = counted  # type: ignore[method-assign]
+    return calls
+
+
+async def test_a_receive_after_a_short_one_waits_without_claiming_again(
+    broker: Broker, clock: FakeClock
+) -> None:
+    """A consumer that just drained the queue does not ask the store again
+    until something changed: the cost of an idle consumer is its waiting."""
+    await broker.create_queue("q")
+    await broker.enqueue("q", b"x")
+    session = await broker.open_session("c", timeout=1000)
+    claims = count_claims(broker)
+    [d] = await broker.receive(session, "q", max=5)
+    assert claims == [1]
+    assert await broker.receive(session, "q", max=5) == []
+    assert await broker.receive(session, "q", max=5, wait=0.05) == []
+    assert claims == [1]
+    await broker.ack(d.id, d.token)  # an ack makes nothing claimable in a plain queue
+    assert await broker.receive(session, "q", max=5) == []
+    assert claims == [1]
+    clock.advance(1)  # a short claim is trusted for a second at most
+    assert await broker.receive(session, "q", max=5) == []
+    assert claims == [2]
+    await broker.enqueue("q", b"y")
+    [y] = await broker.receive(session, "q", max=5)
+    assert y.body == b"y" and claims == [3]
+
+
+async def test_every_change_of_a_drained_queue_is_seen_by_the_next_receive(
+    broker: Broker, clock: FakeClock
+) -> None:
+    await broker.create_queue("q", retry_base=5, retry_jitter=0)
+    session = await broker.open_session("c", timeout=1000)
+    other = await broker.open_session("other", timeout=1000)
+    assert await broker.receive(session, "q", max=5) == []
+
+    await broker.enqueue("q", b"later", delay=3)  # a delayed message
+    assert await broker.receive(session, "q", max=5) == []
+    clock.advance(3)
+    [later] = await broker.receive(session, "q", max=5)
+
+    await broker.nack(later.id, later.token)  # backoff 5 s: scheduled again
+    assert await broker.receive(session, "q", max=5) == []
+    clock.advance(5)
+    [again] = await broker.receive(session, "q", max=5)
+    assert again.id == later.id
+
+    await broker.enqueue("q", b"held")
+    [held] = await broker.receive(other, "q", max=5)
+    assert await broker.receive(session, "q", max=5) == []
+    await broker.close_session(other)  # its lease is released
+    [back] = await broker.receive(session, "q", max=5)
+    assert back.id == held.id
+
+    await broker.redrive("q")  # nothing dead: no change
+    await broker.dead(back.id, back.token, "poison")
+    assert await broker.receive(session, "q", max=5) == []
+    assert await broker.redrive("q") == 1
+    [redriven] = await broker.receive(session, "q", max=5)
+    assert redriven.id == back.id

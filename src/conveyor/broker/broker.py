@@ -55,9 +55,23 @@ from conveyor.core.types import (
     Result,
     SessionInfo,
 )
-from conveyor.store.base import ClaimOp, EnqueueOp, OpenSessionOp, Settled, SettleOp, Store, Swept
+from conveyor.store.base import (
+    ClaimOp,
+    ClaimResult,
+    EnqueueOp,
+    OpenSessionOp,
+    Settled,
+    SettleOp,
+    Store,
+    Swept,
+)
 
 _Item = TypeVar("_Item", Ack, Nack, Extend, Dead)
+
+# A long-poll looks at its queue again after this many seconds even without a
+# change it heard of (another node may have freed a bucket), and a short claim
+# is trusted to stand for no longer than this.
+DRAINED_FOR = 1.0
 
 
 class BrokerConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -92,6 +106,7 @@ class Broker:
         self._bindings: tuple[float, list[Binding]] | None = None
         self._subscribed: set[tuple[str, str]] = set()
         self._touched: dict[str, float] = {}
+        self._drained: dict[str, dict[str, _Drained]] = {}
         self._result_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._open = False
 
@@ -390,6 +405,7 @@ class Broker:
 
     def _forget_session(self, session: str) -> None:
         self._touched.pop(session, None)
+        self._drained.pop(session, None)
         for key in [k for k in self._subscribed if k[0] == session]:
             self._subscribed.discard(key)
             self._buckets.invalidate(key[1])
@@ -429,20 +445,29 @@ class Broker:
             event = self._waiters.register(queue) if wait > 0 else None
             try:
                 buckets = await self._buckets.buckets_of(queue, session, config.buckets)
-                claimed = await self.store.claim(
-                    ClaimOp(queue, session, limit, now, lease, buckets)
-                )
-                if claimed.deliveries or event is None:
-                    return claimed.deliveries
+                drained = self._drained_still(session, queue, buckets, now)
+                if drained is None:
+                    version = self._waiters.version(queue)
+                    claimed = await self.store.claim(
+                        ClaimOp(queue, session, limit, now, lease, buckets)
+                    )
+                    self._note_claim(session, queue, limit, claimed, version, buckets, now)
+                    if claimed.deliveries or event is None:
+                        return claimed.deliveries
+                    next_at = claimed.next_at
+                elif event is None:
+                    return []
+                else:
+                    next_at = drained.next_at
                 now = self._now()
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return []
                 # Wake for a change, for the next delayed message, or after a
                 # second at most (a bucket that frees up on another node).
-                pause = min(remaining, 1.0)
-                if claimed.next_at is not None:
-                    pause = min(pause, max_(claimed.next_at - now, 0.0))
+                pause = min(remaining, DRAINED_FOR)
+                if next_at is not None:
+                    pause = min(pause, max_(next_at - now, 0.0))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), pause)
             finally:
@@ -450,6 +475,43 @@ class Broker:
                     self._waiters.unregister(queue, event)
             now = self._now()
             await self._keep_alive(session, queue, now)
+
+    def _note_claim(
+        self,
+        session: str,
+        queue: str,
+        limit: int,
+        claimed: ClaimResult,
+        version: int,
+        buckets: list[int],
+        now: float,
+    ) -> None:
+        """Remember a claim that came back short: until the queue changes,
+        the session's next claim would come back empty."""
+        if len(claimed.deliveries) < limit:
+            self._drained.setdefault(session, {})[queue] = _Drained(
+                version, now, claimed.next_at, buckets
+            )
+        else:
+            self._drained.get(session, {}).pop(queue, None)
+
+    def _drained_still(
+        self, session: str, queue: str, buckets: list[int], now: float
+    ) -> _Drained | None:
+        """The session's last short claim of the queue, if claiming again now
+        would surely find nothing: the queue has not changed since, no delayed
+        message came due, the session owns the same buckets, and it was less
+        than a second ago (changes on other nodes may reach us only by polling)."""
+        drained = self._drained.get(session, {}).get(queue)
+        if (
+            drained is None
+            or drained.version != self._waiters.version(queue)
+            or not 0 <= now - drained.at < DRAINED_FOR
+            or (drained.next_at is not None and now >= drained.next_at)
+            or drained.buckets != buckets
+        ):
+            return None
+        return drained
 
     async def _keep_alive(self, session: str, queue: str, now: float) -> None:
         """A receiving session is alive: record it now and then, and register
@@ -614,6 +676,15 @@ class Broker:
             self._waiters.notify(queue)
         for message_id in swept.finished:
             self._wake_result(message_id)
+
+
+class _Drained(msgspec.Struct):
+    """A session's claim of a queue that came back short."""
+
+    version: int  # the queue's change count just before the claim
+    at: float  # the broker clock's time of the claim
+    next_at: float | None  # when the queue's next delayed message comes due
+    buckets: list[int]  # the buckets the session owned
 
 
 def max_(a: float, b: float) -> float:

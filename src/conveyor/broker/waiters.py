@@ -2,6 +2,10 @@
 
 A consumer registers *before* it tries to claim and waits only if the claim
 came back empty, so a change committed between the two still wakes it.
+
+Each queue also counts its changes (``version``): a consumer whose last claim
+came back short and whose queue has not changed since knows that claiming
+again would find nothing, and waits at once.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import contextlib
 class Waiters:
     def __init__(self) -> None:
         self._by_queue: dict[str, collections.deque[asyncio.Event]] = {}
+        self._versions: dict[str, int] = {}
 
     def register(self, queue: str) -> asyncio.Event:
         event = asyncio.Event()
@@ -31,6 +36,7 @@ class Waiters:
 
     def notify(self, queue: str, count: int | None = None) -> None:
         """Wake ``count`` waiters of the queue, oldest first, or all of them."""
+        self._versions[queue] = self._versions.get(queue, 0) + 1
         waiting = self._by_queue.get(queue)
         if not waiting:
             return
@@ -43,8 +49,12 @@ class Waiters:
                 woken += 1
 
     def notify_all(self) -> None:
-        for queue in list(self._by_queue):
+        for queue in self._by_queue.keys() | self._versions.keys():
             self.notify(queue)
+
+    def version(self, queue: str) -> int:
+        """How many times the queue changed (was notified) so far."""
+        return self._versions.get(queue, 0)
 
     def count(self, queue: str) -> int:
         return len(self._by_queue.get(queue, ()))

@@ -84,8 +84,9 @@ class SettleOp(msgspec.Struct, frozen=True):
 class Settled(msgspec.Struct, frozen=True):
     # Per item: None (done), a deadline (extend), or the error for that item.
     outcomes: list[ConveyorError | float | None]
-    # Queues where a message may have become claimable (a group moved on,
-    # a nack without delay): their waiting consumers should look again.
+    # Queues where a message may have become claimable or came to be
+    # scheduled (a group moved on, a nack): their waiting consumers should
+    # look again.
     woken: list[str]
 
 

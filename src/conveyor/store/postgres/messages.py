@@ -223,8 +223,7 @@ async def _fail_round(
         delay = item.delay if item.delay is not None else policy.backoff(attempts)
         state = SCHEDULED if delay > 0 else READY
         retries.append((seq, state, now + delay, error))
-        if state == READY:
-            fx.woken.add(queue)
+        fx.woken.add(queue)  # ready now, or its consumers' next delayed message may be sooner
     if retries:
         await conn.execute(Q.retry, *map(list, zip(*retries, strict=True)))
     await kill(conn, node, fx, kills)
@@ -273,9 +272,9 @@ def lost(message_id: str, token: int) -> LeaseLost:
 
 
 async def promote_groups(conn: Connection, groups: list[tuple[str, str, float]]) -> set[str]:
-    """The heads of these groups finished: their next members lead. The
-    queues where one did."""
-    woken: set[str] = set()
+    """The heads of these groups finished: their next members lead. Their
+    queues, to be woken: a group moved on, or a bucket whose last lease this
+    was may now go to its new owner."""
     pending = list({(q, g): (q, g, now) for q, g, now in groups}.values())
     while pending:
         rows = await conn.fetch(
@@ -285,10 +284,9 @@ async def promote_groups(conn: Connection, groups: list[tuple[str, str, float]])
             [now for _, _, now in pending],
         )
         nows = {(q, g): now for q, g, now in pending}
-        woken.update(q for q, _, done in rows if done)
         # A candidate that a concurrent sweep dead-lettered: look again.
         pending = [(q, g, nows[(q, g)]) for q, g, done in rows if not done]
-    return woken
+    return {q for q, _, _ in groups}
 
 
 async def kill(conn: Connection, node: NodeState, fx: Effects, kills: list[Kill]) -> None:

@@ -283,8 +283,7 @@ def nack(state: StoreState, tx: Transaction, op: SettleOp) -> Settled:
             delay = item.delay if item.delay is not None else policy.backoff(attempts)
             st = SCHEDULED if delay > 0 else READY
             conn.execute(Q.retry, (st, op.now + delay, item.error, seq))
-            if st == READY:
-                fx.woken.add(queue)
+            fx.woken.add(queue)  # ready now, or its consumers' next delayed message may be sooner
         outcomes.append(None)
     fx.flush(tx)
     return Settled(outcomes, sorted(fx.woken))
@@ -327,9 +326,11 @@ def _lost(message_id: str, token: int) -> LeaseLost:
 
 
 def _promote_group(tx: Transaction, fx: Effects, queue: str, grp: str, now: float) -> None:
-    """The head of a group finished: its next message (in enqueue order) leads."""
-    if tx.conn.execute(Q.promote_group, (now, queue, grp)).rowcount:
-        fx.woken.add(queue)
+    """The head of a group finished: its next message (in enqueue order) leads.
+    The queue is woken even if none did: a bucket whose last lease this was
+    may now go to its new owner."""
+    tx.conn.execute(Q.promote_group, (now, queue, grp))
+    fx.woken.add(queue)
 
 
 def _kill(
