@@ -15,7 +15,6 @@ age out, so several broker nodes on one shared store converge.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +22,7 @@ from typing import Any, Self, TypeVar
 
 import msgspec
 
+from conveyor.broker import waiters
 from conveyor.broker.buckets import BucketAssigner
 from conveyor.broker.monitor import LeaseMonitor
 from conveyor.broker.waiters import Waiters
@@ -442,7 +442,7 @@ class Broker:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait  # long-poll time is real time, whatever the clock
         while True:
-            event = self._waiters.register(queue) if wait > 0 else None
+            waiter = self._waiters.register(queue) if wait > 0 else None
             try:
                 buckets = await self._buckets.buckets_of(queue, session, config.buckets)
                 drained = self._drained_still(session, queue, buckets, now)
@@ -452,10 +452,10 @@ class Broker:
                         ClaimOp(queue, session, limit, now, lease, buckets)
                     )
                     self._note_claim(session, queue, limit, claimed, version, buckets, now)
-                    if claimed.deliveries or event is None:
+                    if claimed.deliveries or waiter is None:
                         return claimed.deliveries
                     next_at = claimed.next_at
-                elif event is None:
+                elif waiter is None:
                     return []
                 else:
                     next_at = drained.next_at
@@ -468,11 +468,10 @@ class Broker:
                 pause = min(remaining, DRAINED_FOR)
                 if next_at is not None:
                     pause = min(pause, max_(next_at - now, 0.0))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), pause)
+                await waiters.wait(waiter, pause)
             finally:
-                if event is not None:
-                    self._waiters.unregister(queue, event)
+                if waiter is not None:
+                    self._waiters.unregister(queue, waiter)
             now = self._now()
             await self._keep_alive(session, queue, now)
 

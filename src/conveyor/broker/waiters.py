@@ -16,21 +16,24 @@ import contextlib
 
 
 class Waiters:
+    """Each waiter is a bare future, set when it is woken: cheaper to wait on
+    with a timeout than an Event under ``asyncio.wait_for`` (no task each)."""
+
     def __init__(self) -> None:
-        self._by_queue: dict[str, collections.deque[asyncio.Event]] = {}
+        self._by_queue: dict[str, collections.deque[asyncio.Future[None]]] = {}
         self._versions: dict[str, int] = {}
 
-    def register(self, queue: str) -> asyncio.Event:
-        event = asyncio.Event()
-        self._by_queue.setdefault(queue, collections.deque()).append(event)
-        return event
+    def register(self, queue: str) -> asyncio.Future[None]:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._by_queue.setdefault(queue, collections.deque()).append(waiter)
+        return waiter
 
-    def unregister(self, queue: str, event: asyncio.Event) -> None:
+    def unregister(self, queue: str, waiter: asyncio.Future[None]) -> None:
         waiting = self._by_queue.get(queue)
         if waiting is None:
             return
         with contextlib.suppress(ValueError):
-            waiting.remove(event)
+            waiting.remove(waiter)
         if not waiting:
             del self._by_queue[queue]
 
@@ -41,11 +44,11 @@ class Waiters:
         if not waiting:
             return
         woken = 0
-        for event in waiting:
+        for waiter in waiting:
             if count is not None and woken >= count:
                 break
-            if not event.is_set():
-                event.set()
+            if not waiter.done():
+                waiter.set_result(None)
                 woken += 1
 
     def notify_all(self) -> None:
@@ -58,3 +61,17 @@ class Waiters:
 
     def count(self, queue: str) -> int:
         return len(self._by_queue.get(queue, ()))
+
+
+async def wait(waiter: asyncio.Future[None], timeout: float) -> None:
+    """Until the waiter is woken or ``timeout`` seconds passed."""
+    timer = asyncio.get_running_loop().call_later(timeout, _time_up, waiter)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+
+
+def _time_up(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
