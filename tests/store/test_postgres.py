@@ -348,6 +348,20 @@ async def test_a_change_on_one_node_wakes_a_waiter_on_another(node: MakeNode) ->
     assert b.store.metrics()["notifications_received_total"] >= 1
 
 
+async def test_a_receive_sees_at_once_what_another_node_just_committed(node: MakeNode) -> None:
+    """A session that just found its queue empty asks again at its next
+    receive (on one node it would wait for a change it hears of): another
+    node's enqueue is seen before its NOTIFY arrives."""
+    a, b = await node(), await node()
+    await a.create_queue("q")
+    session = await b.open_session()
+    b.store.set_waker(lambda queue: None)  # no NOTIFY reaches b
+    assert await b.receive(session, "q", max=5) == []
+    sent = await a.enqueue("q", b"x")
+    got = await b.receive(session, "q", max=5)
+    assert [d.id for d in got] == [sent.id]
+
+
 async def test_a_queue_deleted_and_made_again_on_another_node_is_consumed_here(
     node: MakeNode,
 ) -> None:

@@ -487,7 +487,7 @@ class Broker:
     ) -> None:
         """Remember a claim that came back short: until the queue changes,
         the session's next claim would come back empty."""
-        if len(claimed.deliveries) < limit:
+        if len(claimed.deliveries) < limit and not self.store.capabilities.shared:
             self._drained.setdefault(session, {})[queue] = _Drained(
                 version, now, claimed.next_at, buckets
             )
@@ -500,7 +500,10 @@ class Broker:
         """The session's last short claim of the queue, if claiming again now
         would surely find nothing: the queue has not changed since, no delayed
         message came due, the session owns the same buckets, and it was less
-        than a second ago (changes on other nodes may reach us only by polling)."""
+        than a second ago. Never on a shared store: other nodes' changes are
+        heard of late (a NOTIFY), and a receive must see what they committed."""
+        if self.store.capabilities.shared:
+            return None
         drained = self._drained.get(session, {}).get(queue)
         if (
             drained is None
