@@ -104,11 +104,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level, args.log_format)
     queues = [q for q in (args.queues or "").split(",") if q] or None
+    if args.concurrency < 1:
+        log.error("--concurrency is at least 1")
+        return 2
+    if args.prefetch is not None and args.prefetch < args.concurrency:
+        log.error("--prefetch is at least the concurrency (%d)", args.concurrency)
+        return 2
     try:
         run_worker(
             args.app,
             queues=queues,
             concurrency=args.concurrency,
+            prefetch=args.prefetch,
             pool=args.pool,
             grace=args.grace,
             url=args.url,
@@ -381,6 +388,12 @@ def _worker_parser(sub: Subparsers) -> None:
         "--queues", default=None, help="comma-separated queues (default: the app's tasks' queues)"
     )
     w.add_argument("--concurrency", type=int, default=4, help="tasks run at once")
+    w.add_argument(
+        "--prefetch",
+        type=int,
+        default=None,
+        help="messages held at once, running or waiting to start (default: the concurrency)",
+    )
     w.add_argument("--pool", choices=("threads", "processes", "async"), default="threads")
     w.add_argument(
         "--grace", type=float, default=30.0, help="seconds running tasks get to finish on SIGTERM"

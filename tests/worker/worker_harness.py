@@ -188,6 +188,7 @@ class WorkerProcess:
         app_path: str,
         *,
         concurrency: int,
+        prefetch: int | None = None,
         pool: str,
         grace: float,
         queues: list[str] | None,
@@ -203,6 +204,8 @@ class WorkerProcess:
         ]  # fmt: skip
         if queues:
             args += ["--queues", ",".join(queues)]
+        if prefetch is not None:
+            args += ["--prefetch", str(prefetch)]
         env = {**os.environ, "CONVEYOR_URL": url, "PYTHONUNBUFFERED": "1"}
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(

@@ -1,7 +1,7 @@
 """Conveyor: a real ``conveyor serve`` (SQLite store, durability fsync, HTTP
 on a free port for /metrics) and real ``conveyor worker`` processes (thread
-pool, --concurrency 8). The producer uses the SDK: ``task.delay`` (W1) and
-``task.delay_many`` (W1b), each returning once the broker committed.
+pool, --concurrency 8 --prefetch 16). The producer uses the SDK: ``task.delay``
+(W1) and ``task.delay_many`` (W1b), each returning once the broker committed.
 
 The worker imports this module as ``bench.runner.systems.conveyor_system:app``.
 """
@@ -57,11 +57,13 @@ class ConveyorSystem(System):
     distribution = "conveyor-queue"
     pool = "threads"
     concurrency = 8
+    prefetch = 16  # twice the concurrency, as Dramatiq's default (2 x its threads)
     bulk = "task.delay_many (one atomic enqueue_many per 100)"
     settings: ClassVar[dict[str, str]] = {
         "server": "conveyor serve --durability fsync (SQLite, group commit, one WAL fdatasync"
         " per group)",
-        "worker": "conveyor worker --pool threads --concurrency 8",
+        "worker": "conveyor worker --pool threads --concurrency 8 --prefetch 16 (8 running,"
+        " up to 8 more waiting in the worker, their leases kept)",
         "acknowledgement": "after the task returns; lease renewed while it runs",
     }
     redelivery = (
@@ -99,7 +101,7 @@ class ConveyorSystem(System):
     def worker_args(self, queue: str) -> list[str]:
         return [_conveyor(), "worker", f"{__name__}:app", "--url", self.url,
                 "--pool", self.pool, "--concurrency", str(self.concurrency),
-                "--log-level", "warning"]  # fmt: skip
+                "--prefetch", str(self.prefetch), "--log-level", "warning"]  # fmt: skip
 
     def producer(self) -> Producer:
         return ConveyorProducer()

@@ -1,8 +1,15 @@
 """The worker runtime: receive task messages, run them, settle their leases.
 
-Flow control: the worker consumes with a prefetch equal to its concurrency
-(split between its queues), so the broker never sends it more messages than
-it can start at once; each settled message makes room for the next.
+Flow control: the worker consumes with a prefetch (split between its
+queues) equal to its concurrency by default, so the broker never sends it
+more messages than it can start at once; each settled message makes room for
+the next. A larger ``prefetch`` keeps that many more in a local backlog, each
+started as soon as one running task ends: no wait for the broker between two
+short tasks, at the price of messages held here while another worker may be
+idle. A backlogged message's lease counts from its delivery: it is renewed
+as soon as it starts if a third of it has gone, and one that waited its whole
+lease is given back unrun (a nack without delay; the broker may already
+have given it to another worker).
 
 Leases: while a task runs, a keeper renews its lease every third of the
 lease length. The keeper also tracks the lease deadline by this process's
@@ -13,7 +20,7 @@ pool stops it, and its outcome is discarded: the broker has given, or will
 give, the message to another worker, and only one of them may commit.
 
 Shutdown: the first SIGTERM/SIGINT stops taking work, gives prefetched
-messages that have not started back at once, and waits up to ``grace``
+messages that have not started (the backlog) back at once, and waits up to ``grace``
 seconds for running tasks; a second signal exits at once (the broker
 releases the leases when the connection drops).
 """
@@ -21,6 +28,7 @@ releases the leases when the connection drops).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import importlib
 import logging
@@ -29,6 +37,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from conveyor.client.aio import AsyncClient, Delivery
@@ -47,7 +56,12 @@ def load_app(path: str) -> App:
     module_name, _, attribute = path.partition(":")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name and not module_name.startswith(f"{exc.name}."):
+            raise  # the app's module itself imports something missing: its traceback tells
+        raise SystemExit(f"{path}: no module named {module_name!r}") from None
     app = getattr(module, attribute or "app", None)
     if not isinstance(app, App):
         raise SystemExit(f"{path}: no conveyor.App named {attribute or 'app'!r} in {module_name}")
@@ -61,6 +75,7 @@ class Worker:
         *,
         queues: list[str] | None = None,
         concurrency: int = 4,
+        prefetch: int | None = None,
         pool: str = "threads",
         grace: float = 30.0,
         app_path: str | None = None,
@@ -68,9 +83,12 @@ class Worker:
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency is at least 1")
+        if prefetch is not None and prefetch < concurrency:
+            raise ValueError("prefetch is at least the concurrency")
         self.app = app
         self.queues = queues or app.queues() or ["default"]
         self.concurrency = concurrency
+        self.prefetch = concurrency if prefetch is None else prefetch
         self.pool: Pool = make_pool(pool, concurrency, app_path)
         self.grace = grace
         self.name = name or f"worker-{socket.gethostname()}-{os.getpid()}"
@@ -80,6 +98,10 @@ class Worker:
         self._stopping = asyncio.Event()
         self._signals = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        # Deliveries waiting for a free slot, with the monotonic time each came.
+        self._backlog: collections.deque[tuple[Delivery, float]] = collections.deque()
+        self._giving_back: set[asyncio.Task[None]] = set()
+        self._running = 0  # slots taken: deliveries started and not yet run
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -108,7 +130,7 @@ class Worker:
         try:
             for queue in self.queues:
                 await client.create_queue(queue)
-            share, extra = divmod(self.concurrency, len(self.queues))
+            share, extra = divmod(self.prefetch, len(self.queues))
             consumers = [
                 asyncio.create_task(self._consume(client, q, max(1, share + (i < extra))))
                 for i, q in enumerate(self.queues)
@@ -123,6 +145,9 @@ class Worker:
             for consumer in consumers:
                 consumer.cancel()
             await asyncio.gather(*consumers, return_exceptions=True)
+            backlog = [delivery for delivery, _ in self._backlog]
+            self._backlog.clear()
+            await asyncio.gather(*(self._give_back(d) for d in backlog))
             await self._drain()
         finally:
             await self.pool.close()
@@ -148,14 +173,49 @@ class Worker:
                     if self._stopping.is_set():
                         await self._give_back(delivery)
                         continue
-                    task = asyncio.create_task(self._handle(delivery))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                    if self._running < self.concurrency:
+                        self._start(delivery, time.monotonic())
+                    else:
+                        self._backlog.append((delivery, time.monotonic()))
             except asyncio.CancelledError:
                 raise
             except ConveyorError as exc:
                 log.warning("%s: consuming %s failed (%s); again in 1s", self.name, queue, exc)
                 await asyncio.sleep(1.0)
+
+    def _start(self, delivery: Delivery, received: float) -> None:
+        """Run the delivery in a slot. The slot frees as soon as the task ran,
+        before its outcome is settled: the next waiting message starts with
+        no round trip to the broker in between."""
+        self._running += 1
+        freed = False
+
+        def free() -> None:
+            nonlocal freed
+            if not freed:
+                freed = True
+                self._running -= 1
+                self._start_waiting()
+
+        def ended(task: asyncio.Task[None]) -> None:
+            self._tasks.discard(task)
+            free()
+
+        task = asyncio.create_task(self._handle(delivery, received, free))
+        self._tasks.add(task)
+        task.add_done_callback(ended)
+
+    def _start_waiting(self) -> None:
+        while self._backlog and self._running < self.concurrency and not self._stopping.is_set():
+            delivery, received = self._backlog.popleft()
+            if time.monotonic() < received + delivery.lease:
+                self._start(delivery, received)
+                continue
+            log.warning("%s: lease of %s ran out in the backlog", self.name, delivery.id)
+            # Settling it, even too late, gives its credit back.
+            giving = asyncio.create_task(self._give_back(delivery))
+            self._giving_back.add(giving)
+            giving.add_done_callback(self._giving_back.discard)
 
     async def _give_back(self, delivery: Delivery) -> None:
         with contextlib.suppress(ConveyorError):
@@ -163,11 +223,12 @@ class Worker:
 
     # -- one task -------------------------------------------------------------------
 
-    async def _handle(self, delivery: Delivery) -> None:
-        received = time.monotonic()
+    async def _handle(self, delivery: Delivery, received: float, ran: Callable[[], None]) -> None:
+        """Run one delivery and settle it; ``ran()`` once it no longer runs."""
         name = delivery.headers.get(TASK_HEADER, "")
         task = self.app.tasks.get(name)
         if task is None:
+            ran()
             await self._settle_quietly(
                 delivery.dead(f"no task named {name!r} on worker {self.name}")
             )
@@ -176,6 +237,7 @@ class Worker:
             payload = self.app.serializer.loads(delivery.body)
             args, kwargs = list(payload.get("args", [])), dict(payload.get("kwargs", {}))
         except Exception as exc:
+            ran()
             await self._settle_quietly(delivery.dead(f"undecodable task arguments: {exc!r}"))
             return
         ctx = TaskContext(
@@ -202,6 +264,7 @@ class Worker:
             if ctx.lease_lost or time.monotonic() > execution.extra["lease_deadline"]:
                 ctx.mark_lease_lost()
                 execution.action = "discard"
+            ran()
             await self._settle(delivery, execution)
         finally:
             keeper.cancel()
@@ -231,13 +294,15 @@ class Worker:
             log.error("%s: settling failed: %s", self.name, exc)
 
     async def _keep_lease(self, delivery: Delivery, execution: Execution, received: float) -> None:
-        """Renew the lease every third of its length; mark it lost when it
-        could not be renewed before its deadline by this process's clock."""
+        """Renew the lease every third of its length since it was granted
+        (or last renewed); mark it lost when it could not be renewed before
+        its deadline by this process's clock."""
         lease = delivery.lease
+        renewed = received
         while True:
-            await asyncio.sleep(lease / 3)
+            await asyncio.sleep(max(0.0, renewed + lease / 3 - time.monotonic()))
             deadline = execution.extra["lease_deadline"]
-            asked = time.monotonic()
+            asked = renewed = time.monotonic()
             if asked >= deadline:
                 break
             try:
@@ -261,6 +326,7 @@ def run_worker(
     pool: str,
     grace: float,
     url: str | None = None,
+    prefetch: int | None = None,
 ) -> None:
     app = load_app(app_path)
     if url is not None:
@@ -268,7 +334,13 @@ def run_worker(
 
     async def main() -> None:
         worker = Worker(
-            app, queues=queues, concurrency=concurrency, pool=pool, grace=grace, app_path=app_path
+            app,
+            queues=queues,
+            concurrency=concurrency,
+            prefetch=prefetch,
+            pool=pool,
+            grace=grace,
+            app_path=app_path,
         )
         worker.install_signal_handlers()
         await worker.run()
