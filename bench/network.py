@@ -10,10 +10,12 @@ producer talks to the first and the consumer to the second, so every
 delivery crosses nodes (a NOTIFY wakes the consumer's node).
 
 Prints, one line each: enqueue msgs/s with single calls one at a time, with
-single calls pipelined, and with batches of 100; end-to-end msgs/s (producer
-batches, consumer with prefetch acking each delivery); enqueue-to-delivery
-latency p50/p99/max at a steady 500 msgs/s. The server runs in its own
-process; this script's process holds both clients.
+single calls pipelined, with batches of 100 (8 in flight), and with batches
+of 100 one at a time (and the CPU each side spent per message); end-to-end
+msgs/s (producer batches, consumer with prefetch acking each delivery);
+enqueue-to-delivery latency p50/p99/max at a steady 500 msgs/s, with the CPU
+time the servers spent per message meanwhile (utime + stime from /proc). The
+server runs in its own process; this script's process holds both clients.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import time
 from pathlib import Path
 
 from conveyor.client.aio import AsyncClient
+from runner.processes import cpu_seconds  # bench/ is on sys.path
 
 
 def free_port() -> int:
@@ -168,7 +171,8 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
-async def run(args: argparse.Namespace, producer_url: str, consumer_url: str) -> None:
+async def run(args: argparse.Namespace, urls: list[str], pids: list[int]) -> None:
+    producer_url, consumer_url = urls[0], urls[-1]
     async with AsyncClient(producer_url) as producer, AsyncClient(consumer_url) as consumer:
         await producer.create_queue("bench")
         await producer.create_queue("latency")
@@ -179,16 +183,28 @@ async def run(args: argparse.Namespace, producer_url: str, consumer_url: str) ->
         say(f"enqueue, single calls pipelined (256 in flight): {rate:,.0f} msgs/s")
         await producer.purge("bench")
         batched = await enqueue_batched(producer, args.messages * 5)
-        say(f"enqueue, batches of 100: {batched:,.0f} msgs/s")
+        say(f"enqueue, batches of 100 (8 in flight): {batched:,.0f} msgs/s")
+        await producer.purge("bench")
+        n = args.messages * 5
+        server, client = sum(map(cpu_seconds, pids)), time.process_time()
+        batched = await enqueue_batched(producer, n, window=1)
+        server, client = sum(map(cpu_seconds, pids)) - server, time.process_time() - client
+        say(
+            f"enqueue, batches of 100 one at a time (W1b's shape): {batched:,.0f} msgs/s;"
+            f" CPU per message: server {1e6 * server / n:.1f} us, client {1e6 * client / n:.1f} us"
+        )
         await producer.purge("bench")
         e2e = await end_to_end(producer, consumer, args.messages * 2)
         say(f"end to end (batched producer, consumer prefetch 1000): {e2e:,.0f} msgs/s")
+        cpu_before = sum(map(cpu_seconds, pids))
         samples = await latency(producer, consumer, args.rate, args.seconds)
+        cpu = sum(map(cpu_seconds, pids)) - cpu_before
         ms = [s * 1000 for s in samples]
         say(
             f"enqueue-to-delivery latency at {args.rate}/s for {args.seconds:g}s:"
             f" p50 {pct(ms, 50):.2f} ms, p99 {pct(ms, 99):.2f} ms, max {max(ms):.2f} ms"
-            f" (mean {statistics.mean(ms):.2f})"
+            f" (mean {statistics.mean(ms):.2f}); server CPU {1e6 * cpu / len(samples):,.0f}"
+            " us/message"
         )
 
 
@@ -228,7 +244,7 @@ def main() -> None:
                 proc, url = start_server(where, args.durability)
                 procs.append(proc)
                 urls.append(url)
-            asyncio.run(run(args, urls[0], urls[-1]))
+            asyncio.run(run(args, urls, [p.pid for p in procs]))
         finally:
             for proc in procs:
                 proc.send_signal(signal.SIGTERM)

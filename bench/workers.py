@@ -1,7 +1,7 @@
 """Conveyor's worker runtime alone: real `conveyor serve` and `conveyor worker`
 processes on loopback.
 
-    python bench/workers.py --tasks 20000 --workers 2 --concurrency 8
+    python bench/workers.py --tasks 20000 --workers 2 --concurrency 8 [--prefetch 16]
 
 Prints two measurements:
   drain     no-op tasks queued first, then the workers start: tasks/s from
@@ -63,11 +63,13 @@ def read_log(log: Path) -> list[tuple[int, str, int, float]]:
 
 
 def start_workers(
-    work: Path, url: str, queue: str, n: int, concurrency: int, pool: str
+    work: Path, url: str, queue: str, n: int, args: argparse.Namespace
 ) -> list[subprocess.Popen[bytes]]:
     env = {**os.environ, "CONVEYOR_URL": url, "BENCH_LOG": str(work / "log")}
     cmd = [sys.executable, "-m", "conveyor", "worker", "bench_tasks:app", "--queues", queue,
-           "--concurrency", str(concurrency), "--pool", pool, "--log-level", "warning"]  # fmt: skip
+           "--concurrency", str(args.concurrency), "--pool", args.pool,
+           "--prefetch", str(args.prefetch or args.concurrency),
+           "--log-level", "warning"]  # fmt: skip
     return [subprocess.Popen(cmd, cwd=work, env=env) for _ in range(n)]
 
 
@@ -99,7 +101,7 @@ def drain(work: Path, url: str, args: argparse.Namespace, tasks: object) -> None
         for start in range(0, args.tasks, 500):
             noop.delay_many([(i,) for i in range(start, min(args.tasks, start + 500))])
         launched = time.time()
-        workers = start_workers(work, url, "drain", args.workers, args.concurrency, args.pool)
+        workers = start_workers(work, url, "drain", args.workers, args)
         try:
             finished = wait_acked(client, "drain", args.tasks, "drain")
         finally:
@@ -107,7 +109,8 @@ def drain(work: Path, url: str, args: argparse.Namespace, tasks: object) -> None
     first = min(t for _, kind, _, t in read_log(work / "log") if kind == "first")
     say(
         f"drain: {args.tasks:,} no-op tasks, {args.workers} workers x {args.concurrency}"
-        f" ({args.pool}): {args.tasks / (finished - first):,.0f} tasks/s from the first start,"
+        f" ({args.pool}, prefetch {args.prefetch or args.concurrency}):"
+        f" {args.tasks / (finished - first):,.0f} tasks/s from the first start,"
         f" {args.tasks / (finished - launched):,.0f}/s from the workers' launch"
     )
 
@@ -117,7 +120,7 @@ def failover(work: Path, url: str, args: argparse.Namespace, tasks: object) -> N
     total = 8 * args.concurrency
     with conveyor.Client(url) as client:
         client.create_queue("failover")
-        workers = start_workers(work, url, "failover", 2, args.concurrency, args.pool)
+        workers = start_workers(work, url, "failover", 2, args)
         try:
             slow.delay_many([(i,) for i in range(total)])
             victim = workers[0]
@@ -149,6 +152,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--prefetch", type=int, default=None, help="default: the concurrency")
     parser.add_argument("--pool", default="threads", choices=["threads", "processes", "async"])
     parser.add_argument("--durability", default="fsync", choices=["fsync", "os", "memory"])
     args = parser.parse_args()

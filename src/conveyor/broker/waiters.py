@@ -59,9 +59,6 @@ class Waiters:
         """How many times the queue changed (was notified) so far."""
         return self._versions.get(queue, 0)
 
-    def count(self, queue: str) -> int:
-        return len(self._by_queue.get(queue, ()))
-
 
 async def wait(waiter: asyncio.Future[None], timeout: float) -> None:
     """Until the waiter is woken or ``timeout`` seconds passed."""
