@@ -173,6 +173,10 @@ def pct(values: list[float], p: float) -> float:
 
 async def run(args: argparse.Namespace, urls: list[str], pids: list[int]) -> None:
     producer_url, consumer_url = urls[0], urls[-1]
+
+    def servers_cpu() -> float:
+        return sum(map(cpu_seconds, pids))
+
     async with AsyncClient(producer_url) as producer, AsyncClient(consumer_url) as consumer:
         await producer.create_queue("bench")
         await producer.create_queue("latency")
@@ -186,9 +190,9 @@ async def run(args: argparse.Namespace, urls: list[str], pids: list[int]) -> Non
         say(f"enqueue, batches of 100 (8 in flight): {batched:,.0f} msgs/s")
         await producer.purge("bench")
         n = args.messages * 5
-        server, client = sum(map(cpu_seconds, pids)), time.process_time()
+        server, client = servers_cpu(), time.process_time()
         batched = await enqueue_batched(producer, n, window=1)
-        server, client = sum(map(cpu_seconds, pids)) - server, time.process_time() - client
+        server, client = servers_cpu() - server, time.process_time() - client
         say(
             f"enqueue, batches of 100 one at a time (W1b's shape): {batched:,.0f} msgs/s;"
             f" CPU per message: server {1e6 * server / n:.1f} us, client {1e6 * client / n:.1f} us"
@@ -196,9 +200,9 @@ async def run(args: argparse.Namespace, urls: list[str], pids: list[int]) -> Non
         await producer.purge("bench")
         e2e = await end_to_end(producer, consumer, args.messages * 2)
         say(f"end to end (batched producer, consumer prefetch 1000): {e2e:,.0f} msgs/s")
-        cpu_before = sum(map(cpu_seconds, pids))
+        cpu = servers_cpu()
         samples = await latency(producer, consumer, args.rate, args.seconds)
-        cpu = sum(map(cpu_seconds, pids)) - cpu_before
+        cpu = servers_cpu() - cpu
         ms = [s * 1000 for s in samples]
         say(
             f"enqueue-to-delivery latency at {args.rate}/s for {args.seconds:g}s:"

@@ -100,15 +100,14 @@ def _run(coro: Awaitable[None]) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from conveyor.worker.runtime import run_worker
+    from conveyor.worker.runtime import check_layout, run_worker
 
     setup_logging(args.log_level, args.log_format)
     queues = [q for q in (args.queues or "").split(",") if q] or None
-    if args.concurrency < 1:
-        log.error("--concurrency is at least 1")
-        return 2
-    if args.prefetch is not None and args.prefetch < args.concurrency:
-        log.error("--prefetch is at least the concurrency (%d)", args.concurrency)
+    try:
+        check_layout(args.concurrency, args.prefetch)
+    except ValueError as exc:
+        log.error("%s", exc)
         return 2
     try:
         run_worker(

@@ -486,7 +486,9 @@ class Broker:
         now: float,
     ) -> None:
         """Remember a claim that came back short: until the queue changes,
-        the session's next claim would come back empty."""
+        the session's next claim would come back empty. Never on a shared
+        store: other nodes' changes are heard of late (a NOTIFY), and a
+        receive must see what they committed."""
         if len(claimed.deliveries) < limit and not self.store.capabilities.shared:
             self._drained.setdefault(session, {})[queue] = _Drained(
                 version, now, claimed.next_at, buckets
@@ -500,10 +502,7 @@ class Broker:
         """The session's last short claim of the queue, if claiming again now
         would surely find nothing: the queue has not changed since, no delayed
         message came due, the session owns the same buckets, and it was less
-        than a second ago. Never on a shared store: other nodes' changes are
-        heard of late (a NOTIFY), and a receive must see what they committed."""
-        if self.store.capabilities.shared:
-            return None
+        than a second ago."""
         drained = self._drained.get(session, {}).get(queue)
         if (
             drained is None

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import importlib
 import logging
 import os
@@ -37,7 +38,6 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 from conveyor.client.aio import AsyncClient, Delivery
@@ -68,6 +68,14 @@ def load_app(path: str) -> App:
     return app
 
 
+def check_layout(concurrency: int, prefetch: int | None) -> None:
+    """ValueError for a concurrency or prefetch a worker cannot run with."""
+    if concurrency < 1:
+        raise ValueError("--concurrency is at least 1")
+    if prefetch is not None and prefetch < concurrency:
+        raise ValueError(f"--prefetch is at least the concurrency ({concurrency})")
+
+
 class Worker:
     def __init__(
         self,
@@ -81,10 +89,7 @@ class Worker:
         app_path: str | None = None,
         name: str | None = None,
     ) -> None:
-        if concurrency < 1:
-            raise ValueError("concurrency is at least 1")
-        if prefetch is not None and prefetch < concurrency:
-            raise ValueError("prefetch is at least the concurrency")
+        check_layout(concurrency, prefetch)
         self.app = app
         self.queues = queues or app.queues() or ["default"]
         self.concurrency = concurrency
@@ -101,7 +106,8 @@ class Worker:
         # Deliveries waiting for a free slot, with the monotonic time each came.
         self._backlog: collections.deque[tuple[Delivery, float]] = collections.deque()
         self._giving_back: set[asyncio.Task[None]] = set()
-        self._running = 0  # slots taken: deliveries started and not yet run
+        # The slots taken: deliveries (id, token) started and not yet run.
+        self._running: set[tuple[str, int]] = set()
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -173,7 +179,7 @@ class Worker:
                     if self._stopping.is_set():
                         await self._give_back(delivery)
                         continue
-                    if self._running < self.concurrency:
+                    if len(self._running) < self.concurrency:
                         self._start(delivery, time.monotonic())
                     else:
                         self._backlog.append((delivery, time.monotonic()))
@@ -184,29 +190,30 @@ class Worker:
                 await asyncio.sleep(1.0)
 
     def _start(self, delivery: Delivery, received: float) -> None:
-        """Run the delivery in a slot. The slot frees as soon as the task ran,
-        before its outcome is settled: the next waiting message starts with
-        no round trip to the broker in between."""
-        self._running += 1
-        freed = False
-
-        def free() -> None:
-            nonlocal freed
-            if not freed:
-                freed = True
-                self._running -= 1
-                self._start_waiting()
-
-        def ended(task: asyncio.Task[None]) -> None:
-            self._tasks.discard(task)
-            free()
-
-        task = asyncio.create_task(self._handle(delivery, received, free))
+        """Run the delivery in a slot. The slot frees as soon as the task ran
+        (``_ran``), before its outcome is settled: the next waiting message
+        starts with no round trip to the broker in between."""
+        slot = (delivery.id, delivery.token)
+        self._running.add(slot)
+        task = asyncio.create_task(self._handle(delivery, received))
         self._tasks.add(task)
-        task.add_done_callback(ended)
+        task.add_done_callback(functools.partial(self._ended, slot))
+
+    def _ended(self, slot: tuple[str, int], task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._ran(slot)  # if the task ended before it said so itself
+
+    def _ran(self, slot: tuple[str, int]) -> None:
+        if slot in self._running:
+            self._running.discard(slot)
+            self._start_waiting()
 
     def _start_waiting(self) -> None:
-        while self._backlog and self._running < self.concurrency and not self._stopping.is_set():
+        while (
+            self._backlog
+            and len(self._running) < self.concurrency
+            and not self._stopping.is_set()
+        ):
             delivery, received = self._backlog.popleft()
             if time.monotonic() < received + delivery.lease:
                 self._start(delivery, received)
@@ -223,12 +230,13 @@ class Worker:
 
     # -- one task -------------------------------------------------------------------
 
-    async def _handle(self, delivery: Delivery, received: float, ran: Callable[[], None]) -> None:
-        """Run one delivery and settle it; ``ran()`` once it no longer runs."""
+    async def _handle(self, delivery: Delivery, received: float) -> None:
+        """Run one delivery and settle it, freeing its slot before the settle."""
+        slot = (delivery.id, delivery.token)
         name = delivery.headers.get(TASK_HEADER, "")
         task = self.app.tasks.get(name)
         if task is None:
-            ran()
+            self._ran(slot)
             await self._settle_quietly(
                 delivery.dead(f"no task named {name!r} on worker {self.name}")
             )
@@ -237,7 +245,7 @@ class Worker:
             payload = self.app.serializer.loads(delivery.body)
             args, kwargs = list(payload.get("args", [])), dict(payload.get("kwargs", {}))
         except Exception as exc:
-            ran()
+            self._ran(slot)
             await self._settle_quietly(delivery.dead(f"undecodable task arguments: {exc!r}"))
             return
         ctx = TaskContext(
@@ -264,7 +272,7 @@ class Worker:
             if ctx.lease_lost or time.monotonic() > execution.extra["lease_deadline"]:
                 ctx.mark_lease_lost()
                 execution.action = "discard"
-            ran()
+            self._ran(slot)
             await self._settle(delivery, execution)
         finally:
             keeper.cancel()

@@ -170,12 +170,12 @@ async def ack_round(conn: Connection, node: NodeState, jobs: list[Job], fx: Effe
             [now for _, _, _, now in results],
             [now + configs.get(q, _DEFAULTS).result_ttl for _, _, q, now in results],
         )
-    promoted = await promote_groups(conn, promote)
-    fx.woken |= promoted
-    # Every job of the round hears of every queue the round moved on: a
-    # waiter woken for nothing looks again and waits again.
+    woken = await promote_groups(conn, promote)
+    fx.woken |= woken
+    # Every job of the round hears of every queue the round woke: a waiter
+    # woken for nothing looks again and waits again.
     for job in jobs:
-        job.succeed(Settled(outcomes[id(job)], sorted(promoted)))
+        job.succeed(Settled(outcomes[id(job)], sorted(woken)))
 
 
 async def nack_round(conn: Connection, node: NodeState, jobs: list[Job], fx: Effects) -> None:
