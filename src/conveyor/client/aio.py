@@ -10,6 +10,7 @@ Bodies: ``bytes`` go as they are, ``str`` as UTF-8, anything else as JSON
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -17,6 +18,8 @@ from typing import Any, Self, TypeVar
 
 import msgspec
 
+from conveyor.client.blocking import BlockingCalls, InlineCalls
+from conveyor.client.native import NativeTransport
 from conveyor.client.urls import open_transport, resolve
 from conveyor.core import types
 from conveyor.core.errors import ConveyorError, InvalidArgument
@@ -132,11 +135,23 @@ class AsyncClient:
         token: str | None = None,
     ) -> None:
         self.url = resolve(url)
-        self._transport = open_transport(self.url, name=name, timeout=timeout, token=token)
+        self._transport: Any = open_transport(self.url, name=name, timeout=timeout, token=token)
         self._batches: dict[
             str, tuple[list[dict[str, Any]], list[asyncio.Future[dict[str, Any]]]]
         ] = {}
         self._flushing: set[asyncio.Task[None]] = set()
+
+    def _blocking_twin(self) -> AsyncClient | None:
+        """A client for the same broker whose calls block the calling thread
+        on sockets of their own and never suspend (conveyor.client.blocking):
+        the sync Client runs its calls that hold no lease on it. None for an
+        embedded broker, which lives on an event loop."""
+        if not isinstance(self._transport, NativeTransport):
+            return None
+        twin = copy.copy(self)
+        twin._transport = InlineCalls(BlockingCalls(self._transport))
+        twin._batches, twin._flushing = {}, set()
+        return twin
 
     async def connect(self) -> Self:
         await self._transport.connect()

@@ -39,6 +39,36 @@ class _Lost(Exception):
     """Internal: the current connection died under a call."""
 
 
+# Handshake errors that a new attempt cannot mend.
+FATAL_CODES = frozenset({"unauthorized", "protocol_error"})
+
+
+class Backoff:
+    """Delays between attempts to reach the broker, until a deadline."""
+
+    def __init__(self, timeout: float) -> None:
+        self.deadline = time.monotonic() + timeout
+        self.delay = 0.05
+
+    def next(self) -> float | None:
+        """Seconds to wait before the next attempt; None once out of time."""
+        if time.monotonic() + self.delay > self.deadline:
+            return None
+        wait = self.delay * random.uniform(0.5, 1.0)
+        self.delay = min(self.delay * 2, 2.0)
+        return wait
+
+
+def hello(token: str | None, name: str) -> bytes:
+    """The bytes that open a connection: the preamble and the hello request."""
+    args = {"version": wire.VERSION, "token": token, "name": name}
+    return wire.PREAMBLE + wire.request(0, "hello", args)
+
+
+def unreachable(timeout: float, errors: list[str]) -> ConnectionLost:
+    return ConnectionLost(f"cannot reach the broker within {timeout:g}s: " + "; ".join(errors[-3:]))
+
+
 RELEASED = "released unhandled: the consumer was closed"
 
 PushHandler = Callable[[list[Any] | ConveyorError], None]
@@ -96,8 +126,7 @@ class NativeTransport:
         await asyncio.shield(self._connecting)
 
     async def _connect_loop(self) -> None:
-        deadline = time.monotonic() + self.timeout
-        delay = 0.05
+        backoff = Backoff(self.timeout)
         errors: list[str] = []
         while True:
             for host, port in self.addresses:
@@ -105,26 +134,22 @@ class NativeTransport:
                     await self._connect_once(host, port)
                     return
                 except ConveyorError as exc:
-                    if exc.code in ("unauthorized", "protocol_error"):
+                    if exc.code in FATAL_CODES:
                         raise
                     errors.append(f"{host}:{port}: {exc.message}")
                 except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
                     errors.append(f"{host}:{port}: {exc!r}")
-            if time.monotonic() + delay > deadline:
-                raise ConnectionLost(
-                    f"cannot reach the broker within {self.timeout:g}s: " + "; ".join(errors[-3:])
-                )
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, 2.0)
+            wait = backoff.next()
+            if wait is None:
+                raise unreachable(self.timeout, errors)
+            await asyncio.sleep(wait)
 
     async def _connect_once(self, host: str, port: int) -> None:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(host, port, ssl=self.ssl_context, limit=1 << 20), 5.0
         )
         try:
-            writer.write(wire.PREAMBLE)
-            hello = {"version": wire.VERSION, "token": self.token, "name": self.name}
-            writer.write(wire.request(0, "hello", hello))
+            writer.write(hello(self.token, self.name))
             frames_reader = wire.FrameReader()
             frame: list[Any] | None = None
             while frame is None:
@@ -295,6 +320,9 @@ class NativeTransport:
     async def subscribe(self, queue: str, prefetch: int, handler: PushHandler) -> int:
         """Have deliveries of ``queue`` pushed to ``handler``, at most
         ``prefetch`` unsettled at once; the subscription's id."""
+        # Connect first: a new connection opens every registered subscription
+        # itself, and this one would then be opened twice.
+        await self._ensure_connected()
         sub = self._next_sub
         self._next_sub += 1
         self._specs[sub] = (queue, prefetch, handler)

@@ -96,7 +96,7 @@ class FrameReader:
         self._max = max_frame
         self._buf = bytearray()
 
-    def feed(self, data: bytes) -> list[Any]:
+    def feed(self, data: bytes) -> list[list[Any]]:
         self._buf += data
         frames = []
         buf = self._buf
@@ -118,7 +118,7 @@ class FrameReader:
         return len(self._buf)
 
 
-def decode(payload: bytes) -> Any:
+def decode(payload: bytes) -> list[Any]:
     try:
         frame = _decoder.decode(payload)
     except msgspec.DecodeError as exc:

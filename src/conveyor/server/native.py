@@ -385,7 +385,10 @@ class Connection(asyncio.Protocol):
         # A paused reader hears nothing by design: only silence while we
         # listen counts against the client.
         if not self.reading_paused and now - self.last_in > 3 * hb:
-            log.info("%s silent for %.1fs: closing", self.peer, now - self.last_in)
+            # An idle producer's connection (no session) is closed as a
+            # matter of course; a consumer's silence is news.
+            level = logging.INFO if self.session_id is not None else logging.DEBUG
+            log.log(level, "%s silent for %.1fs: closing", self.peer, now - self.last_in)
             self.abort()
             return
         if now - self.last_out >= hb * 0.9:

@@ -1,0 +1,243 @@
+"""The native protocol over blocking sockets, for the sync Client's calls
+that hold no lease (enqueue, publish, queue admin, stats, results...).
+
+Through the event loop thread, each sync call cost two thread wake-ups (the
+caller waking the loop, the loop waking the caller): more CPU and wall time
+than the broker's own work for an enqueue at durability ``os``. Here the
+calling thread writes its request and blocks in ``recv`` for the reply; the
+kernel wakes it when the reply arrives.
+
+``BlockingCalls`` keeps a pool of connections, one per thread calling at the
+same moment (a connection carries one call at a time), made as they are
+needed and reused. Like ``NativeTransport``, a call whose connection is lost
+is sent again on a new one (tried with backoff over every address for up to
+``timeout`` seconds): enqueues carry an idempotency key, so a retry is not
+stored twice. While it waits for a reply, a connection sends a heartbeat
+every half interval (a ``result`` may wait many seconds) and gives up on a
+broker silent for three. The broker closes a connection silent for three
+heartbeat intervals, so an idle one is replaced after two instead of being
+found dead. Connections made before a ``fork`` are not used in the child.
+
+``InlineCalls`` is the same as an awaitable transport for ``AsyncClient``:
+its ``call`` never suspends, so a coroutine of the client made over it runs
+to its end in one ``send`` (``run_inline``), in the calling thread. This is
+how the sync Client reuses the AsyncClient's code without its event loop.
+Leases belong to the connection's session, so receiving and settling stay on
+the event loop's connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from conveyor.client.native import (
+    FATAL_CODES,
+    Backoff,
+    ConnectionLost,
+    NativeTransport,
+    hello,
+    unreachable,
+)
+from conveyor.core import wire
+from conveyor.core.errors import BrokerClosed, ConveyorError, error_for_code
+
+T = TypeVar("T")
+
+
+class Lost(Exception):
+    """Internal: the connection died under a call."""
+
+
+def run_inline(coro: Coroutine[Any, Any, T]) -> T:
+    """Run, in this thread, a coroutine whose awaits never suspend."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    coro.close()
+    raise RuntimeError("a blocking call suspended: it needs an event loop")
+
+
+class _Connection:
+    def __init__(self, sock: socket.socket, server_info: dict[str, Any]) -> None:
+        self.sock = sock
+        self.heartbeat = float(server_info.get("heartbeat", 2.0))
+        self.frames = wire.FrameReader()
+        self.pid = os.getpid()
+        self.last_used = time.monotonic()
+        self._rid = 0
+        sock.settimeout(self.heartbeat / 2)
+
+    def usable(self) -> bool:
+        fresh = time.monotonic() - self.last_used < 2 * self.heartbeat
+        return fresh and self.pid == os.getpid()
+
+    def request(self, op: str, args: dict[str, Any]) -> list[Any]:
+        """Send one request; its reply or error frame."""
+        self._rid += 1
+        try:
+            self.sock.sendall(wire.request(self._rid, op, args))
+            return self.reply(self._rid)
+        except OSError as exc:  # socket.timeout included
+            raise Lost(repr(exc)) from None
+        finally:
+            self.last_used = time.monotonic()
+
+    def reply(self, rid: int) -> list[Any]:
+        heard = time.monotonic()
+        while True:
+            try:
+                chunk = self.sock.recv(1 << 16)
+            except TimeoutError:
+                silent = time.monotonic() - heard
+                if silent > 3 * self.heartbeat:
+                    raise Lost(f"the broker was silent for {silent:.1f}s") from None
+                self.sock.sendall(wire.HEARTBEAT_FRAME)
+                continue
+            if not chunk:
+                raise Lost("closed by the broker")
+            heard = time.monotonic()
+            for frame in self.frames.feed(chunk):
+                if frame[0] in (wire.REPLY, wire.ERROR) and frame[1] in (rid, 0):
+                    return frame  # rid 0: about the connection, which ends
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+class BlockingCalls:
+    """The blocking twin of a ``NativeTransport``: the same addresses, token,
+    name, TLS context and timeout."""
+
+    def __init__(self, native: NativeTransport) -> None:
+        self.addresses = native.addresses
+        self.token = native.token
+        self.name = native.name
+        self.ssl_context = native.ssl_context
+        self.timeout = native.timeout
+        self._idle: list[_Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def connect(self) -> None:
+        """Reach the broker now (a bad token or address fails here)."""
+        self._give_back(self._take())
+
+    def call(self, op: str, args: dict[str, Any]) -> Any:
+        """One request; sent again on a new connection if this one dies."""
+        backoff = Backoff(self.timeout)
+        while True:
+            conn = self._take()
+            try:
+                frame = conn.request(op, args)
+            except Lost as exc:
+                conn.close()
+                wait = backoff.next()
+                if wait is None:
+                    raise ConnectionLost(
+                        f"{op}: connection lost ({exc}) and not regained"
+                    ) from None
+                time.sleep(wait)
+                continue
+            except BaseException:
+                conn.close()  # a reply may still come on it: never reuse it
+                raise
+            if frame[1] == 0:  # the broker refused the connection itself
+                conn.close()
+            else:
+                self._give_back(conn)
+            if frame[0] == wire.REPLY:
+                return frame[2]
+            raise error_for_code(frame[2], frame[3])
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    # -- the pool -------------------------------------------------------------
+
+    def _take(self) -> _Connection:
+        with self._lock:
+            if self._closed:
+                raise BrokerClosed("the client is closed")
+            while self._idle:
+                conn = self._idle.pop()
+                if conn.usable():
+                    return conn
+                conn.close()
+        return self._connect()
+
+    def _give_back(self, conn: _Connection) -> None:
+        with self._lock:
+            if not self._closed:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def _connect(self) -> _Connection:
+        backoff = Backoff(self.timeout)
+        errors: list[str] = []
+        while True:
+            for host, port in self.addresses:
+                try:
+                    return self._connect_once(host, port)
+                except ConveyorError as exc:
+                    if exc.code in FATAL_CODES:
+                        raise
+                    errors.append(f"{host}:{port}: {exc.message}")
+                except OSError as exc:
+                    errors.append(f"{host}:{port}: {exc!r}")
+            wait = backoff.next()
+            if wait is None:
+                raise unreachable(self.timeout, errors)
+            time.sleep(wait)
+
+    def _connect_once(self, host: str, port: int) -> _Connection:
+        sock = socket.create_connection((host, port), timeout=5.0)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.ssl_context is not None:
+                sock = self.ssl_context.wrap_socket(sock, server_hostname=host)
+            sock.sendall(hello(self.token, self.name))
+            frames = wire.FrameReader()
+            while True:
+                chunk = sock.recv(1 << 16)
+                if not chunk:
+                    raise OSError("connection closed during the handshake")
+                got = frames.feed(chunk)
+                if got:
+                    break
+            frame = got[0]
+            if frame[0] == wire.ERROR:
+                raise error_for_code(frame[2], frame[3])
+            return _Connection(sock, frame[2])
+        except BaseException:
+            sock.close()
+            raise
+
+
+class InlineCalls:
+    """``BlockingCalls`` as an AsyncClient transport whose awaits never
+    suspend (see ``run_inline``)."""
+
+    def __init__(self, calls: BlockingCalls) -> None:
+        self.calls = calls
+
+    async def connect(self) -> None:
+        self.calls.connect()
+
+    async def call(self, op: str, args: dict[str, Any]) -> Any:
+        return self.calls.call(op, args)
+
+    async def close(self) -> None:
+        self.calls.close()

@@ -1,0 +1,199 @@
+"""The sync Client's calls that hold no lease, over blocking sockets in the
+calling thread (conveyor.client.blocking): against a real ``conveyor serve``
+that is killed and restarted, from many threads and a forked child, and
+against a bare socket playing a slow broker, to see the heartbeats sent
+while a reply is awaited."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Generator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from integration_support import ServerProcess, StartServer
+
+import conveyor
+from conveyor.client.blocking import BlockingCalls, run_inline
+from conveyor.client.native import ConnectionLost, NativeTransport
+from conveyor.core import wire
+from conveyor.core.errors import QueueNotFound
+
+
+def test_threads_share_one_client_and_nothing_is_stored_twice(
+    server: ServerProcess, queue: str
+) -> None:
+    with conveyor.Client(server.url, timeout=10) as client:
+        client.create_queue(queue)
+
+        def produce(thread: int) -> list[str]:
+            return [client.enqueue(queue, {"t": thread, "i": i}).id for i in range(100)]
+
+        with ThreadPoolExecutor(8) as pool:
+            ids = [i for batch in pool.map(produce, range(8)) for i in batch]
+        assert len(set(ids)) == 800
+        assert client.stats(queue).ready == 800
+
+
+def test_errors_keep_their_type_and_the_connection_stays_usable(
+    server: ServerProcess, queue: str
+) -> None:
+    with conveyor.Client(server.url, timeout=10) as client:
+        for _ in range(3):
+            with pytest.raises(QueueNotFound):
+                client.enqueue(queue, b"nowhere")
+        client.create_queue(queue)
+        assert client.enqueue(queue, b"here").duplicate is False
+
+
+def test_a_client_idle_past_the_brokers_patience_still_works(start_server: StartServer) -> None:
+    server = start_server("--heartbeat", "0.2", "--session-timeout", "0.5")
+    with conveyor.Client(server.url, timeout=10) as client:
+        client.create_queue("idle")
+        time.sleep(1.0)  # the broker drops a connection silent for 0.6 s
+        client.enqueue("idle", b"after a pause")
+        assert client.stats("idle").ready == 1
+
+
+def test_calls_survive_a_broker_killed_and_restarted(start_server: StartServer) -> None:
+    server = start_server()
+    with conveyor.Client(server.url, timeout=15) as client:
+        client.create_queue("phoenix")
+        client.enqueue("phoenix", b"before")
+        server.kill()
+        server.start()  # same port, same data
+        client.enqueue("phoenix", b"after")
+
+        server.kill()
+        restart = threading.Timer(1.0, server.start)
+        restart.start()
+        started = time.monotonic()
+        client.enqueue("phoenix", b"while it was down")  # waits for it to come back
+        restart.join()
+        assert time.monotonic() - started >= 0.9
+        assert client.stats("phoenix").ready == 3
+
+
+def test_a_broker_that_stays_away_is_connection_lost(start_server: StartServer) -> None:
+    server = start_server()
+    client = conveyor.Client(server.url, timeout=1.5).connect()
+    server.kill()
+    started = time.monotonic()
+    with pytest.raises(ConnectionLost):
+        client.enqueue("gone", b"x")
+    assert time.monotonic() - started < 6
+    client.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_makes_connections_of_its_own(server: ServerProcess, queue: str) -> None:
+    with conveyor.Client(server.url, timeout=10) as client:
+        client.create_queue(queue)
+        client.enqueue(queue, b"parent, before")
+        pid = os.fork()
+        if pid == 0:  # the child: reusing the parent's socket would mix replies
+            code = 1
+            try:
+                client.enqueue(queue, b"child")
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        client.enqueue(queue, b"parent, after")
+        assert client.stats(queue).ready == 3
+
+
+class SlowBroker:
+    """A socket that speaks just enough of the protocol: it answers hello
+    (heartbeat 0.2 s), then answers each request after ``delay`` seconds,
+    counting the heartbeats it hears meanwhile and answering each (a real
+    broker sends its own every interval), unless ``silent``."""
+
+    def __init__(self, delay: float, *, silent: bool = False) -> None:
+        self.delay = delay
+        self.silent = silent
+        self.heartbeats = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            frames = wire.FrameReader()
+            conn.recv(len(wire.PREAMBLE))
+            while chunk := conn.recv(1 << 16):
+                for frame in frames.feed(chunk):
+                    if frame[0] == wire.HEARTBEAT:
+                        self.heartbeats += 1
+                        if not self.silent:
+                            conn.sendall(wire.HEARTBEAT_FRAME)
+                    elif frame[2] == "hello":
+                        conn.sendall(wire.reply(0, {"heartbeat": 0.2}))
+                    else:
+                        answer = wire.reply(frame[1], "late")
+                        threading.Timer(self.delay, self._send, [conn, answer]).start()
+
+    @staticmethod
+    def _send(conn: socket.socket, data: bytes) -> None:
+        with contextlib.suppress(OSError):
+            conn.sendall(data)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_long_wait_for_a_reply_keeps_sending_heartbeats() -> None:
+    broker = SlowBroker(delay=1.0)
+    calls = BlockingCalls(NativeTransport([("127.0.0.1", broker.port)], timeout=5))
+    try:
+        assert calls.call("result", {}) == "late"
+        # Every half interval (0.1 s) of a 1 s wait, so that the broker does
+        # not take the silence for a dead client.
+        assert broker.heartbeats >= 5
+    finally:
+        calls.close()
+        broker.close()
+
+
+def test_a_silent_broker_is_given_up_on() -> None:
+    broker = SlowBroker(delay=30.0, silent=True)
+    calls = BlockingCalls(NativeTransport([("127.0.0.1", broker.port)], timeout=1.5))
+    started = time.monotonic()
+    try:
+        with pytest.raises(ConnectionLost):
+            calls.call("result", {})
+        # Silent for three intervals (0.6 s), then no new connection answers.
+        assert time.monotonic() - started < 6
+    finally:
+        calls.close()
+        broker.close()
+
+
+class _Suspend:
+    def __await__(self) -> Generator[None, None, None]:
+        yield
+
+
+def test_run_inline_refuses_a_coroutine_that_suspends() -> None:
+    async def suspends() -> None:
+        await _Suspend()
+
+    with pytest.raises(RuntimeError, match="suspended"):
+        run_inline(suspends())
+
+
+def test_the_embedded_broker_keeps_the_event_loop_path(tmp_path: Path) -> None:
+    with conveyor.Client(f"sqlite:///{tmp_path / 'q.db'}") as client:
+        client.create_queue("local")
+        client.enqueue("local", b"x")
+        (got,) = client.receive("local")
+        got.ack()
+        assert client.stats("local").acked_total == 1
