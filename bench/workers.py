@@ -27,6 +27,7 @@ from pathlib import Path
 
 import conveyor
 from network import say, start_server  # bench/ is on sys.path: this script's directory
+from runner.processes import cpu_seconds
 
 TASKS = """
 import os, time
@@ -104,6 +105,7 @@ def drain(work: Path, url: str, args: argparse.Namespace, tasks: object) -> None
         workers = start_workers(work, url, "drain", args.workers, args)
         try:
             finished = wait_acked(client, "drain", args.tasks, "drain")
+            cpu = sum(cpu_seconds(w.pid) for w in workers)
         finally:
             stop(workers)
     first = min(t for _, kind, _, t in read_log(work / "log") if kind == "first")
@@ -111,7 +113,8 @@ def drain(work: Path, url: str, args: argparse.Namespace, tasks: object) -> None
         f"drain: {args.tasks:,} no-op tasks, {args.workers} workers x {args.concurrency}"
         f" ({args.pool}, prefetch {args.prefetch or args.concurrency}):"
         f" {args.tasks / (finished - first):,.0f} tasks/s from the first start,"
-        f" {args.tasks / (finished - launched):,.0f}/s from the workers' launch"
+        f" {args.tasks / (finished - launched):,.0f}/s from the workers' launch;"
+        f" workers' CPU {1e6 * cpu / args.tasks:,.0f} us per task (start-up included)"
     )
 
 

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from conveyor.core import eventloop
 from conveyor.core.errors import ConveyorError, InvalidArgument
 
 log = logging.getLogger("conveyor")
@@ -77,7 +78,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         await service.run_until_stopped()
 
     try:
-        _run(main())
+        eventloop.run(main())
     except ConveyorError as exc:
         log.error("%s", exc.message)
         return 2
@@ -85,15 +86,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.error("cannot serve: %s", exc)
         return 2
     return 0
-
-
-def _run(coro: Awaitable[None]) -> None:
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(coro)  # type: ignore[arg-type]
-    else:
-        uvloop.run(coro)  # type: ignore[arg-type]
 
 
 # -- worker -------------------------------------------------------------------------

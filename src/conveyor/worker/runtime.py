@@ -41,6 +41,7 @@ import time
 from typing import Any
 
 from conveyor.client.aio import AsyncClient, Delivery
+from conveyor.core import eventloop
 from conveyor.core.errors import ConveyorError, LeaseLost
 from conveyor.worker.app import TASK_HEADER, App
 from conveyor.worker.context import TaskContext
@@ -353,4 +354,4 @@ def run_worker(
         worker.install_signal_handlers()
         await worker.run()
 
-    asyncio.run(main())
+    eventloop.run(main())
