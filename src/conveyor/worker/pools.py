@@ -127,7 +127,10 @@ class ThreadPool:
             execution.ctx.deadline = time.monotonic() + budget
         self._jobs.put((execution, done))
         try:
-            value, error, tb = await asyncio.wait_for(asyncio.shield(future), budget)
+            if budget is None:
+                value, error, tb = await future
+            else:  # on time-out the thread still runs: keep the future for finish()
+                value, error, tb = await asyncio.wait_for(asyncio.shield(future), budget)
         except TimeoutError:
             _timed_out(execution)
             return

@@ -11,8 +11,8 @@ as soon as it starts if a third of it has gone, and one that waited its whole
 lease is given back unrun (a nack without delay; the broker may already
 have given it to another worker).
 
-Leases: while a task runs, a keeper renews its lease every third of the
-lease length. The keeper also tracks the lease deadline by this process's
+Leases: while a task runs, a keeper (leases.py) renews its lease every third
+of the lease length. The keeper also tracks the lease deadline by this process's
 own clock. If the lease could not be renewed before that deadline (the
 broker says LeaseLost, or cannot be reached in time, or this process was
 frozen), the task is told so (``current_task().lease_lost``), the process
@@ -45,6 +45,7 @@ from conveyor.core import eventloop
 from conveyor.core.errors import ConveyorError, LeaseLost
 from conveyor.worker.app import TASK_HEADER, App
 from conveyor.worker.context import TaskContext
+from conveyor.worker.leases import LeaseKeeper
 from conveyor.worker.middleware.base import Execution
 from conveyor.worker.pools import Pool, make_pool
 
@@ -211,9 +212,7 @@ class Worker:
 
     def _start_waiting(self) -> None:
         while (
-            self._backlog
-            and len(self._running) < self.concurrency
-            and not self._stopping.is_set()
+            self._backlog and len(self._running) < self.concurrency and not self._stopping.is_set()
         ):
             delivery, received = self._backlog.popleft()
             if time.monotonic() < received + delivery.lease:
@@ -259,7 +258,7 @@ class Worker:
         )
         execution = Execution(task=task, ctx=ctx, args=args, kwargs=kwargs)
         execution.extra["lease_deadline"] = received + delivery.lease
-        keeper = asyncio.create_task(self._keep_lease(delivery, execution, received))
+        keeper = LeaseKeeper(delivery, execution, received, self.pool.lease_lost)
         self.running[delivery.id] = execution
         try:
             for middleware in self.app.middleware:
@@ -301,30 +300,6 @@ class Worker:
             log.warning("%s: settling refused: %s", self.name, exc)
         except ConveyorError as exc:
             log.error("%s: settling failed: %s", self.name, exc)
-
-    async def _keep_lease(self, delivery: Delivery, execution: Execution, received: float) -> None:
-        """Renew the lease every third of its length since it was granted
-        (or last renewed); mark it lost when it could not be renewed before
-        its deadline by this process's clock."""
-        lease = delivery.lease
-        renewed = received
-        while True:
-            await asyncio.sleep(max(0.0, renewed + lease / 3 - time.monotonic()))
-            deadline = execution.extra["lease_deadline"]
-            asked = renewed = time.monotonic()
-            if asked >= deadline:
-                break
-            try:
-                await asyncio.wait_for(delivery.extend(lease), deadline - asked)
-            except LeaseLost:
-                break
-            except (TimeoutError, ConveyorError) as exc:
-                log.info("%s: renewing the lease of %s failed: %r", self.name, delivery.id, exc)
-                continue
-            execution.extra["lease_deadline"] = asked + lease
-        execution.ctx.mark_lease_lost()
-        self.pool.lease_lost(execution)
-        log.warning("%s: lease of %s (%s) lost", self.name, delivery.id, execution.task.name)
 
 
 def run_worker(
