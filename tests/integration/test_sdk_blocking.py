@@ -51,6 +51,16 @@ def test_errors_keep_their_type_and_the_connection_stays_usable(
         assert client.enqueue(queue, b"here").duplicate is False
 
 
+def test_a_batch_larger_than_the_socket_buffer_goes_in_one_call(
+    server: ServerProcess, queue: str
+) -> None:
+    with conveyor.Client(server.url, timeout=10) as client:
+        client.create_queue(queue)
+        sent = client.enqueue_many(queue, [bytes([i % 256]) * 10_000 for i in range(800)])
+        assert len({r.id for r in sent}) == 800
+        assert client.stats(queue).ready == 800
+
+
 def test_a_client_idle_past_the_brokers_patience_still_works(start_server: StartServer) -> None:
     server = start_server("--heartbeat", "0.2", "--session-timeout", "0.5")
     with conveyor.Client(server.url, timeout=10) as client:

@@ -50,6 +50,10 @@ from conveyor.core.errors import BrokerClosed, ConveyorError, error_for_code
 T = TypeVar("T")
 
 
+# A request this short fits the socket's send buffer: sending never waits.
+SMALL = 64 * 1024
+
+
 class Lost(Exception):
     """Internal: the connection died under a call."""
 
@@ -65,9 +69,10 @@ def run_inline(coro: Coroutine[Any, Any, T]) -> T:
 
 
 class _Connection:
-    def __init__(self, sock: socket.socket, server_info: dict[str, Any]) -> None:
+    def __init__(self, sock: socket.socket, server_info: dict[str, Any], timeout: float) -> None:
         self.sock = sock
         self.heartbeat = float(server_info.get("heartbeat", 2.0))
+        self.timeout = timeout
         self.frames = wire.FrameReader()
         self.pid = os.getpid()
         self.last_used = time.monotonic()
@@ -81,8 +86,14 @@ class _Connection:
     def request(self, op: str, args: dict[str, Any]) -> list[Any]:
         """Send one request; its reply or error frame."""
         self._rid += 1
+        data = wire.request(self._rid, op, args)
         try:
-            self.sock.sendall(wire.request(self._rid, op, args))
+            if len(data) <= SMALL:
+                self.sock.sendall(data)
+            else:  # a big batch may take a busy broker longer to read
+                self.sock.settimeout(self.timeout)
+                self.sock.sendall(data)
+                self.sock.settimeout(self.heartbeat / 2)
             return self.reply(self._rid)
         except OSError as exc:  # socket.timeout included
             raise Lost(repr(exc)) from None
@@ -220,7 +231,7 @@ class BlockingCalls:
             frame = got[0]
             if frame[0] == wire.ERROR:
                 raise error_for_code(frame[2], frame[3])
-            return _Connection(sock, frame[2])
+            return _Connection(sock, frame[2], self.timeout)
         except BaseException:
             sock.close()
             raise
