@@ -9,8 +9,9 @@ database (dropped at the end); with ``--nodes 2`` two servers share it, the
 producer talks to the first and the consumer to the second, so every
 delivery crosses nodes (a NOTIFY wakes the consumer's node).
 
-Prints, one line each: enqueue msgs/s with single calls one at a time, with
-single calls pipelined, with batches of 100 (8 in flight), and with batches
+Prints, one line each: enqueue msgs/s with single calls one at a time (the
+AsyncClient, then the sync Client with the CPU per call), with single calls
+pipelined, with batches of 100 (8 in flight), and with batches
 of 100 one at a time (and the CPU each side spent per message); end-to-end
 msgs/s (producer batches, consumer with prefetch acking each delivery);
 enqueue-to-delivery latency p50/p99/max at a steady 500 msgs/s, with the CPU
@@ -31,8 +32,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import conveyor
 from conveyor.client.aio import AsyncClient
 from runner.processes import cpu_seconds  # bench/ is on sys.path
 
@@ -77,6 +80,24 @@ async def enqueue_serial(client: AsyncClient, n: int) -> float:
             progress("serial enqueue", i, n)
     print(file=sys.stderr)
     return n / (time.perf_counter() - start)
+
+
+def enqueue_serial_sync(
+    url: str, n: int, servers_cpu: Callable[[], float]
+) -> tuple[float, float, float]:
+    """The sync Client's single calls (``task.delay``'s path): msgs/s, and
+    the servers' and this thread's CPU per call, in us."""
+    with conveyor.Client(url) as client:
+        client.enqueue("bench", b"x" * 100)  # connected before the clock starts
+        server, mine, start = servers_cpu(), time.thread_time(), time.perf_counter()
+        for i in range(n):
+            client.enqueue("bench", b"x" * 100)
+            if i % 1000 == 0:
+                progress("serial enqueue, sync Client", i, n)
+        took = time.perf_counter() - start
+        server, mine = servers_cpu() - server, time.thread_time() - mine
+    print(file=sys.stderr)
+    return n / took, 1e6 * server / n, 1e6 * mine / n
 
 
 async def enqueue_pipelined(client: AsyncClient, n: int, window: int = 256) -> float:
@@ -182,6 +203,14 @@ async def run(args: argparse.Namespace, urls: list[str], pids: list[int]) -> Non
         await producer.create_queue("latency")
         serial = await enqueue_serial(producer, args.serial)
         say(f"enqueue, single calls one at a time: {serial:,.0f} msgs/s")
+        rate, server_us, client_us = await asyncio.to_thread(
+            enqueue_serial_sync, producer_url, args.serial, servers_cpu
+        )
+        say(
+            f"enqueue, single calls one at a time, sync Client (task.delay's path):"
+            f" {rate:,.0f} msgs/s; CPU per call: server {server_us:.0f} us,"
+            f" client {client_us:.0f} us"
+        )
         await producer.purge("bench")
         rate = await enqueue_pipelined(producer, args.messages)
         say(f"enqueue, single calls pipelined (256 in flight): {rate:,.0f} msgs/s")
