@@ -180,6 +180,10 @@ class SqliteStore:
         target = ":memory:" if self.path is None else str(self.path)
         conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
         if self.path is not None:
+            # The broker owns the file (see _lock): holding SQLite's lock for
+            # good spares every transaction its file locking, and the WAL
+            # index lives in memory instead of a shared -shm mapping.
+            conn.execute("PRAGMA locking_mode=EXCLUSIVE")
             conn.execute("PRAGMA journal_mode=WAL")
             # At fsync the writer fdatasyncs the WAL itself, once for many commits.
             conn.execute("PRAGMA synchronous=NORMAL")
