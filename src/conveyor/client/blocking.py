@@ -74,14 +74,12 @@ class _Connection:
         self.heartbeat = float(server_info.get("heartbeat", 2.0))
         self.timeout = timeout
         self.frames = wire.FrameReader()
-        self.pid = os.getpid()
         self.last_used = time.monotonic()
         self._rid = 0
         sock.settimeout(self.heartbeat / 2)
 
     def usable(self) -> bool:
-        fresh = time.monotonic() - self.last_used < 2 * self.heartbeat
-        return fresh and self.pid == os.getpid()
+        return time.monotonic() - self.last_used < 2 * self.heartbeat
 
     def request(self, op: str, args: dict[str, Any]) -> list[Any]:
         """Send one request; its reply or error frame."""
@@ -136,6 +134,7 @@ class BlockingCalls:
         self._idle: list[_Connection] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._pid = os.getpid()
 
     def connect(self) -> None:
         """Reach the broker now (a bad token or address fails here)."""
@@ -178,6 +177,8 @@ class BlockingCalls:
     # -- the pool -------------------------------------------------------------
 
     def _take(self) -> _Connection:
+        if self._pid != os.getpid():
+            self._forked()
         with self._lock:
             if self._closed:
                 raise BrokerClosed("the client is closed")
@@ -187,6 +188,15 @@ class BlockingCalls:
                     return conn
                 conn.close()
         return self._connect()
+
+    def _forked(self) -> None:
+        """In a forked child: the parent's connections would mix its replies
+        with ours, and its lock may have been held at the fork."""
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        inherited, self._idle = self._idle, []
+        for conn in inherited:
+            conn.close()  # this process's copy of the socket only
 
     def _give_back(self, conn: _Connection) -> None:
         with self._lock:
