@@ -61,12 +61,16 @@ def test_a_batch_larger_than_the_socket_buffer_goes_in_one_call(
         assert client.stats(queue).ready == 800
 
 
-def test_a_client_idle_past_the_brokers_patience_still_works(start_server: StartServer) -> None:
+def test_an_idle_client_keeps_its_connection(start_server: StartServer) -> None:
     server = start_server("--heartbeat", "0.2", "--session-timeout", "0.5")
     with conveyor.Client(server.url, timeout=10) as client:
         client.create_queue("idle")
+        pool = client._blocking._transport.calls  # type: ignore[union-attr]
+        (before,) = pool._idle
         time.sleep(1.0)  # the broker drops a connection silent for 0.6 s
         client.enqueue("idle", b"after a pause")
+        (after,) = pool._idle
+        assert after is before  # kept alive by heartbeats, not made again
         assert client.stats("idle").ready == 1
 
 

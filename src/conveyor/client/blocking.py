@@ -15,8 +15,12 @@ is sent again on a new one (tried with backoff over every address for up to
 stored twice. While it waits for a reply, a connection sends a heartbeat
 every half interval (a ``result`` may wait many seconds) and gives up on a
 broker silent for three. The broker closes a connection silent for three
-heartbeat intervals, so an idle one is replaced after two instead of being
-found dead. Connections made before a ``fork`` are not used in the child.
+heartbeat intervals: a daemon thread sends a heartbeat every half interval
+on the connections idle that long (and reads the broker's off them), so a
+producer that calls now and then keeps its connection; one idle for two
+intervals all the same (the keeper could not run) is replaced instead of
+being found dead. Connections made before a ``fork`` are not used in the
+child.
 
 ``InlineCalls`` is the same as an awaitable transport for ``AsyncClient``:
 its ``call`` never suspends, so a coroutine of the client made over it runs
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 import threading
 import time
@@ -80,6 +85,21 @@ class _Connection:
 
     def usable(self) -> bool:
         return time.monotonic() - self.last_used < 2 * self.heartbeat
+
+    def ping(self) -> bool:
+        """Keep an idle connection alive: a heartbeat out, and the broker's
+        heartbeats read off; whether the connection still works."""
+        try:
+            self.sock.sendall(wire.HEARTBEAT_FRAME)
+            while select.select([self.sock], [], [], 0)[0]:
+                chunk = self.sock.recv(1 << 16)
+                if not chunk:
+                    return False
+                self.frames.feed(chunk)  # only heartbeats come to an idle connection
+        except (OSError, ConveyorError):
+            return False
+        self.last_used = time.monotonic()
+        return True
 
     def request(self, op: str, args: dict[str, Any]) -> list[Any]:
         """Send one request; its reply or error frame."""
@@ -135,6 +155,7 @@ class BlockingCalls:
         self._lock = threading.Lock()
         self._closed = False
         self._pid = os.getpid()
+        self._keeper: threading.Thread | None = None
 
     def connect(self) -> None:
         """Reach the broker now (a bad token or address fails here)."""
@@ -241,10 +262,41 @@ class BlockingCalls:
             frame = got[0]
             if frame[0] == wire.ERROR:
                 raise error_for_code(frame[2], frame[3])
-            return _Connection(sock, frame[2], self.timeout)
+            conn = _Connection(sock, frame[2], self.timeout)
         except BaseException:
             sock.close()
             raise
+        self._start_keeper(conn.heartbeat / 2)
+        return conn
+
+    # -- idle connections kept alive --------------------------------------------
+
+    def _start_keeper(self, every: float) -> None:
+        with self._lock:
+            if self._keeper is None or not self._keeper.is_alive():
+                self._keeper = threading.Thread(
+                    target=self._keep, args=(every,), name="conveyor-keepalive", daemon=True
+                )
+                self._keeper.start()
+
+    def _keep(self, every: float) -> None:
+        """Every half heartbeat, ping the connections idle that long, so that
+        a producer calling now and then finds its connection open instead of
+        paying a TCP (and TLS) handshake and a hello first."""
+        pid = os.getpid()
+        while True:
+            time.sleep(every)
+            with self._lock:
+                if self._closed or self._pid != pid:
+                    return
+                now = time.monotonic()
+                due = [c for c in self._idle if now - c.last_used >= every]
+                self._idle = [c for c in self._idle if now - c.last_used < every]
+            for conn in due:
+                if conn.ping():
+                    self._give_back(conn)
+                else:
+                    conn.close()
 
 
 class InlineCalls:
