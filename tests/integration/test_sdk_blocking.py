@@ -19,6 +19,7 @@ import pytest
 from integration_support import ServerProcess, StartServer
 
 import conveyor
+from conveyor.client import blocking
 from conveyor.client.blocking import BlockingCalls, run_inline
 from conveyor.client.native import ConnectionLost, NativeTransport
 from conveyor.core import wire
@@ -72,6 +73,30 @@ def test_an_idle_client_keeps_its_connection(start_server: StartServer) -> None:
         (after,) = pool._idle
         assert after is before  # kept alive by heartbeats, not made again
         assert client.stats("idle").ready == 1
+
+
+def test_spare_connections_of_a_burst_are_closed_once_idle(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(blocking, "SPARE_IDLE", 0.5)
+    server = start_server("--heartbeat", "0.2", "--session-timeout", "0.5")
+    with conveyor.Client(server.url, timeout=10) as client:
+        client.create_queue("burst")
+        pool = client._blocking._transport.calls  # type: ignore[union-attr]
+        barrier = threading.Barrier(4)
+
+        def produce() -> None:
+            barrier.wait()
+            for _ in range(50):
+                client.enqueue("burst", b"x")
+
+        with ThreadPoolExecutor(4) as threads:
+            list(threads.map(lambda _: produce(), range(4)))
+        assert len(pool._idle) > 1
+        time.sleep(1.5)
+        assert len(pool._idle) == 1  # the one kept alive for the next call
+        client.enqueue("burst", b"y")
+        assert client.stats("burst").ready == 201
 
 
 def test_calls_survive_a_broker_killed_and_restarted(start_server: StartServer) -> None:

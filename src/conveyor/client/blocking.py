@@ -17,9 +17,10 @@ every half interval (a ``result`` may wait many seconds) and gives up on a
 broker silent for three. The broker closes a connection silent for three
 heartbeat intervals: a daemon thread sends a heartbeat every half interval
 on the connections idle that long (and reads the broker's off them), so a
-producer that calls now and then keeps its connection; one idle for two
-intervals all the same (the keeper could not run) is replaced instead of
-being found dead. Connections made before a ``fork`` are not used in the
+producer that calls now and then keeps its connection (the spares of a
+burst of parallel callers are closed after ``SPARE_IDLE`` seconds without a
+call); one idle for two intervals all the same (the keeper could not run)
+is replaced instead of being found dead. Connections made before a ``fork`` are not used in the
 child.
 
 ``InlineCalls`` is the same as an awaitable transport for ``AsyncClient``:
@@ -58,6 +59,10 @@ T = TypeVar("T")
 # A request this short fits the socket's send buffer: sending never waits.
 SMALL = 64 * 1024
 
+# Seconds a spare connection (not the pool's most recently used) is kept
+# alive without a call, once a burst of parallel callers is over.
+SPARE_IDLE = 60.0
+
 
 class Lost(Exception):
     """Internal: the connection died under a call."""
@@ -79,7 +84,8 @@ class _Connection:
         self.heartbeat = float(server_info.get("heartbeat", 2.0))
         self.timeout = timeout
         self.frames = wire.FrameReader()
-        self.last_used = time.monotonic()
+        self.last_used = time.monotonic()  # by a call or a ping
+        self.last_call = self.last_used
         self._rid = 0
         sock.settimeout(self.heartbeat / 2)
 
@@ -116,7 +122,7 @@ class _Connection:
         except OSError as exc:  # socket.timeout included
             raise Lost(repr(exc)) from None
         finally:
-            self.last_used = time.monotonic()
+            self.last_used = self.last_call = time.monotonic()
 
     def reply(self, rid: int) -> list[Any]:
         heard = time.monotonic()
@@ -292,8 +298,14 @@ class BlockingCalls:
                 now = time.monotonic()
                 due = [c for c in self._idle if now - c.last_used >= every]
                 self._idle = [c for c in self._idle if now - c.last_used < every]
+                one_kept = bool(self._idle)  # one in use lately needs no ping
+            # The most recently called connection is always kept alive; the
+            # spares of a past burst of parallel callers only for a while.
+            due.sort(key=lambda c: c.last_call, reverse=True)
             for conn in due:
-                if conn.ping():
+                keep = not one_kept or now - conn.last_call <= SPARE_IDLE
+                one_kept = True
+                if keep and conn.ping():
                     self._give_back(conn)
                 else:
                     conn.close()
