@@ -38,7 +38,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Self
 
 from conveyor.client import aio
-from conveyor.client.blocking import run_inline
+from conveyor.client.blocking import Inline
 from conveyor.client.portal import Portal
 from conveyor.core.types import (
     Binding,
@@ -94,16 +94,12 @@ def _method(src: str, fn: ast.AsyncFunctionDef, owner: str) -> list[str]:
     elif returns == "list[Delivery]":
         lines.append(f"        got = self._portal.call({call})")
         lines.append("        return [Delivery(self._portal, d) for d in got]")
-    elif returns == "Self":
-        lines.append("        if self._blocking is not None:")
-        lines.append(f"            run_inline({call.replace('_async', '_blocking', 1)})")
-        lines.append("        else:")
-        lines.append(f"            self._portal.call({call})")
-        lines.append("        return self")
     elif owner == "self._async" and fn.name not in LEASED:
-        lines.append("        if self._blocking is not None:")
-        lines.append(f"            return run_inline({call.replace('_async', '_blocking', 1)})")
-        lines.append(f"        return self._portal.call({call})")
+        plain = f"self._runner.call(self._plain.{fn.name}({_call_args(fn)}))"
+        if returns == "Self":
+            lines += [f"        {plain}", "        return self"]
+        else:
+            lines.append(f"        return {plain}")
     else:
         lines.append(f"        return self._portal.call({call})")
     return lines
@@ -140,7 +136,11 @@ def _client(src: str, client: ast.ClassDef) -> list[str]:
     out.append(f"    def __init__({ast.unparse(init.args)}) -> None:")
     out.append(f"        self._async = aio.AsyncClient({_call_args(init)})")
     out.append("        self._portal = Portal()")
-    out.append("        self._blocking = self._async._blocking_twin()")
+    out.append("        # Calls that hold no lease: against a remote broker, on a twin of")
+    out.append("        # the client over blocking sockets, run in the calling thread.")
+    out.append("        twin = self._async._blocking_twin()")
+    out.append("        self._plain = self._async if twin is None else twin")
+    out.append("        self._runner: Portal | Inline = self._portal if twin is None else Inline()")
     out += ["", "    def __enter__(self) -> Self:", "        return self.connect()"]
     out += ["", "    def __exit__(self, *exc: object) -> None:", "        self.close()"]
     out += ["", "    @property", "    def url(self) -> str:", "        return self._async.url"]
@@ -150,8 +150,8 @@ def _client(src: str, client: ast.ClassDef) -> list[str]:
             if node.name == "close":
                 out.append("    def close(self) -> None:")
                 out.append("        try:")
-                out.append("            if self._blocking is not None:")
-                out.append("                run_inline(self._blocking.close())")
+                out.append("            if self._plain is not self._async:")
+                out.append("                self._runner.call(self._plain.close())")
                 out.append("            self._portal.call(self._async.close())")
                 out.append("        finally:")
                 out.append("            self._portal.close()")

@@ -66,7 +66,7 @@ def test_an_idle_client_keeps_its_connection(start_server: StartServer) -> None:
     server = start_server("--heartbeat", "0.2", "--session-timeout", "0.5")
     with conveyor.Client(server.url, timeout=10) as client:
         client.create_queue("idle")
-        pool = client._blocking._transport.calls  # type: ignore[union-attr]
+        pool = client._plain._transport.calls
         (before,) = pool._idle
         time.sleep(1.0)  # the broker drops a connection silent for 0.6 s
         client.enqueue("idle", b"after a pause")
@@ -82,7 +82,7 @@ def test_spare_connections_of_a_burst_are_closed_once_idle(
     server = start_server("--heartbeat", "0.2", "--session-timeout", "0.5")
     with conveyor.Client(server.url, timeout=10) as client:
         client.create_queue("burst")
-        pool = client._blocking._transport.calls  # type: ignore[union-attr]
+        pool = client._plain._transport.calls
         barrier = threading.Barrier(4)
 
         def produce() -> None:

@@ -43,12 +43,13 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from conveyor.client.native import (
-    FATAL_CODES,
     Backoff,
     ConnectionLost,
     NativeTransport,
+    attempt_failed,
     hello,
     unreachable,
+    welcome,
 )
 from conveyor.core import wire
 from conveyor.core.errors import BrokerClosed, ConveyorError, error_for_code
@@ -76,6 +77,14 @@ def run_inline(coro: Coroutine[Any, Any, T]) -> T:
         return stop.value  # type: ignore[no-any-return]
     coro.close()
     raise RuntimeError("a blocking call suspended: it needs an event loop")
+
+
+class Inline:
+    """The Portal's counterpart for coroutines that never suspend: ``call``
+    runs one to its end in the calling thread."""
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return run_inline(coro)
 
 
 class _Connection:
@@ -239,12 +248,8 @@ class BlockingCalls:
             for host, port in self.addresses:
                 try:
                     return self._connect_once(host, port)
-                except ConveyorError as exc:
-                    if exc.code in FATAL_CODES:
-                        raise
-                    errors.append(f"{host}:{port}: {exc.message}")
-                except OSError as exc:
-                    errors.append(f"{host}:{port}: {exc!r}")
+                except (ConveyorError, OSError) as exc:
+                    attempt_failed(errors, host, port, exc)
             wait = backoff.next()
             if wait is None:
                 raise unreachable(self.timeout, errors)
@@ -265,10 +270,7 @@ class BlockingCalls:
                 got = frames.feed(chunk)
                 if got:
                     break
-            frame = got[0]
-            if frame[0] == wire.ERROR:
-                raise error_for_code(frame[2], frame[3])
-            conn = _Connection(sock, frame[2], self.timeout)
+            conn = _Connection(sock, welcome(got[0]), self.timeout)
         except BaseException:
             sock.close()
             raise

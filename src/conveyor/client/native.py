@@ -65,6 +65,24 @@ def hello(token: str | None, name: str) -> bytes:
     return wire.PREAMBLE + wire.request(0, "hello", args)
 
 
+def attempt_failed(errors: list[str], host: str, port: int, exc: Exception) -> None:
+    """Note why an address could not be reached; raise what a new attempt
+    cannot mend (a bad token, a broker speaking another protocol)."""
+    if isinstance(exc, ConveyorError):
+        if exc.code in FATAL_CODES:
+            raise exc
+        errors.append(f"{host}:{port}: {exc.message}")
+    else:
+        errors.append(f"{host}:{port}: {exc!r}")
+
+
+def welcome(frame: list[Any]) -> dict[str, Any]:
+    """The server's facts from its reply to hello, or the error it sent."""
+    if frame[0] == wire.ERROR:
+        raise error_for_code(frame[2], frame[3])
+    return dict(frame[2])
+
+
 def unreachable(timeout: float, errors: list[str]) -> ConnectionLost:
     return ConnectionLost(f"cannot reach the broker within {timeout:g}s: " + "; ".join(errors[-3:]))
 
@@ -133,12 +151,8 @@ class NativeTransport:
                 try:
                     await self._connect_once(host, port)
                     return
-                except ConveyorError as exc:
-                    if exc.code in FATAL_CODES:
-                        raise
-                    errors.append(f"{host}:{port}: {exc.message}")
-                except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
-                    errors.append(f"{host}:{port}: {exc!r}")
+                except (ConveyorError, OSError, asyncio.IncompleteReadError) as exc:
+                    attempt_failed(errors, host, port, exc)
             wait = backoff.next()
             if wait is None:
                 raise unreachable(self.timeout, errors)
@@ -158,9 +172,7 @@ class NativeTransport:
                     raise OSError("connection closed during the handshake")
                 frames = frames_reader.feed(chunk)
                 frame = frames[0] if frames else None
-            if frame[0] == wire.ERROR:
-                raise error_for_code(frame[2], frame[3])
-            self.server_info = frame[2]
+            self.server_info = welcome(frame)
         except BaseException:
             writer.close()
             with contextlib.suppress(Exception):

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Self
 
 from conveyor.client import aio
-from conveyor.client.blocking import run_inline
+from conveyor.client.blocking import Inline
 from conveyor.client.portal import Portal
 from conveyor.core.types import (
     Binding,
@@ -125,7 +125,11 @@ class Client:
     ) -> None:
         self._async = aio.AsyncClient(url, name=name, timeout=timeout, token=token)
         self._portal = Portal()
-        self._blocking = self._async._blocking_twin()
+        # Calls that hold no lease: against a remote broker, on a twin of
+        # the client over blocking sockets, run in the calling thread.
+        twin = self._async._blocking_twin()
+        self._plain = self._async if twin is None else twin
+        self._runner: Portal | Inline = self._portal if twin is None else Inline()
 
     def __enter__(self) -> Self:
         return self.connect()
@@ -138,54 +142,37 @@ class Client:
         return self._async.url
 
     def connect(self) -> Self:
-        if self._blocking is not None:
-            run_inline(self._blocking.connect())
-        else:
-            self._portal.call(self._async.connect())
+        self._runner.call(self._plain.connect())
         return self
 
     def close(self) -> None:
         try:
-            if self._blocking is not None:
-                run_inline(self._blocking.close())
+            if self._plain is not self._async:
+                self._runner.call(self._plain.close())
             self._portal.call(self._async.close())
         finally:
             self._portal.close()
 
     def create_queue(self, name: str, *, exist_ok: bool = True, **settings: Any) -> QueueConfig:
-        if self._blocking is not None:
-            return run_inline(self._blocking.create_queue(name, exist_ok=exist_ok, **settings))
-        return self._portal.call(self._async.create_queue(name, exist_ok=exist_ok, **settings))
+        return self._runner.call(self._plain.create_queue(name, exist_ok=exist_ok, **settings))
 
     def configure_queue(self, name: str, **settings: Any) -> QueueConfig:
-        if self._blocking is not None:
-            return run_inline(self._blocking.configure_queue(name, **settings))
-        return self._portal.call(self._async.configure_queue(name, **settings))
+        return self._runner.call(self._plain.configure_queue(name, **settings))
 
     def delete_queue(self, name: str) -> None:
-        if self._blocking is not None:
-            return run_inline(self._blocking.delete_queue(name))
-        return self._portal.call(self._async.delete_queue(name))
+        return self._runner.call(self._plain.delete_queue(name))
 
     def queues(self) -> list[QueueConfig]:
-        if self._blocking is not None:
-            return run_inline(self._blocking.queues())
-        return self._portal.call(self._async.queues())
+        return self._runner.call(self._plain.queues())
 
     def purge(self, queue: str) -> int:
-        if self._blocking is not None:
-            return run_inline(self._blocking.purge(queue))
-        return self._portal.call(self._async.purge(queue))
+        return self._runner.call(self._plain.purge(queue))
 
     def stats(self, queue: str) -> QueueStats:
-        if self._blocking is not None:
-            return run_inline(self._blocking.stats(queue))
-        return self._portal.call(self._async.stats(queue))
+        return self._runner.call(self._plain.stats(queue))
 
     def sessions(self) -> list[SessionInfo]:
-        if self._blocking is not None:
-            return run_inline(self._blocking.sessions())
-        return self._portal.call(self._async.sessions())
+        return self._runner.call(self._plain.sessions())
 
     def enqueue(
         self,
@@ -201,22 +188,8 @@ class Client:
         max_attempts: int | None = None,
     ) -> EnqueueResult:
         """Store one message; returns once it is durable."""
-        if self._blocking is not None:
-            return run_inline(
-                self._blocking.enqueue(
-                    queue,
-                    body,
-                    priority=priority,
-                    delay=delay,
-                    ttl=ttl,
-                    dedup_key=dedup_key,
-                    group=group,
-                    headers=headers,
-                    max_attempts=max_attempts,
-                )
-            )
-        return self._portal.call(
-            self._async.enqueue(
+        return self._runner.call(
+            self._plain.enqueue(
                 queue,
                 body,
                 priority=priority,
@@ -231,9 +204,7 @@ class Client:
 
     def enqueue_many(self, queue: str, items: Iterable[object]) -> list[EnqueueResult]:
         """Store a batch, all or nothing. Items are NewMessage, or bodies."""
-        if self._blocking is not None:
-            return run_inline(self._blocking.enqueue_many(queue, items))
-        return self._portal.call(self._async.enqueue_many(queue, items))
+        return self._runner.call(self._plain.enqueue_many(queue, items))
 
     def publish(
         self,
@@ -249,22 +220,8 @@ class Client:
         max_attempts: int | None = None,
     ) -> dict[str, EnqueueResult]:
         """One copy into every queue bound to the topic; the id per queue."""
-        if self._blocking is not None:
-            return run_inline(
-                self._blocking.publish(
-                    topic,
-                    body,
-                    priority=priority,
-                    delay=delay,
-                    ttl=ttl,
-                    dedup_key=dedup_key,
-                    group=group,
-                    headers=headers,
-                    max_attempts=max_attempts,
-                )
-            )
-        return self._portal.call(
-            self._async.publish(
+        return self._runner.call(
+            self._plain.publish(
                 topic,
                 body,
                 priority=priority,
@@ -279,19 +236,13 @@ class Client:
 
     def bind(self, topic: str, queue: str) -> None:
         """Subscribe ``queue`` to a topic pattern (``*`` one word, ``#`` any)."""
-        if self._blocking is not None:
-            return run_inline(self._blocking.bind(topic, queue))
-        return self._portal.call(self._async.bind(topic, queue))
+        return self._runner.call(self._plain.bind(topic, queue))
 
     def unbind(self, topic: str, queue: str) -> bool:
-        if self._blocking is not None:
-            return run_inline(self._blocking.unbind(topic, queue))
-        return self._portal.call(self._async.unbind(topic, queue))
+        return self._runner.call(self._plain.unbind(topic, queue))
 
     def bindings(self) -> list[Binding]:
-        if self._blocking is not None:
-            return run_inline(self._blocking.bindings())
-        return self._portal.call(self._async.bindings())
+        return self._runner.call(self._plain.bindings())
 
     def receive(
         self, queue: str, max: int = 1, wait: float = 0.0, visibility: float | None = None
@@ -321,17 +272,11 @@ class Client:
         return self._portal.call(self._async.dead(id, token, reason))
 
     def dead_letters(self, queue: str, limit: int = 100, after: str | None = None) -> list[Message]:
-        if self._blocking is not None:
-            return run_inline(self._blocking.dead_letters(queue, limit, after))
-        return self._portal.call(self._async.dead_letters(queue, limit, after))
+        return self._runner.call(self._plain.dead_letters(queue, limit, after))
 
     def redrive(self, queue: str, ids: list[str] | None = None) -> int:
-        if self._blocking is not None:
-            return run_inline(self._blocking.redrive(queue, ids))
-        return self._portal.call(self._async.redrive(queue, ids))
+        return self._runner.call(self._plain.redrive(queue, ids))
 
     def result(self, message_id: str, timeout: float = 30.0) -> Result:
         """The message's result, waiting up to ``timeout`` s (ResultTimeout)."""
-        if self._blocking is not None:
-            return run_inline(self._blocking.result(message_id, timeout))
-        return self._portal.call(self._async.result(message_id, timeout))
+        return self._runner.call(self._plain.result(message_id, timeout))
