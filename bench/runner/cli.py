@@ -23,6 +23,13 @@ def _names(value: str, known: dict[str, object], what: str) -> list[str]:
     return names
 
 
+def _positive(value: str) -> float:
+    seconds = float(value)
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {value}")
+    return seconds
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description="Conveyor beside its peers.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -69,6 +76,14 @@ def parser() -> argparse.ArgumentParser:
         metavar="S",
         help="W4: once all tasks ran, seconds without a completion before stopping",
     )
+    run.add_argument(
+        "--drain-window",
+        type=_positive,
+        default=None,
+        metavar="S",
+        help="W2, W5, W6: stop a drain S seconds after the workers start and report the rate"
+        " of the tasks done by then (marked in the tables; default: drain all)",
+    )
     run.add_argument("--fsync-probes", type=int, default=200, help="fdatasync calls timed")
     run.add_argument("--results", type=Path, default=RESULTS, help="output directory")
     run.add_argument("--keep-work", action="store_true", help="keep the working directory")
@@ -88,6 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         timeout_per_system=args.timeout_per_system or (900.0 if args.quick else 5400.0),
         measurement_cap=args.measurement_cap or (120.0 if args.quick else 600.0),
         w4_window=args.w4_window,
+        drain_window=args.drain_window,
         w4_settle=args.w4_settle,
         fsync_probes=args.fsync_probes,
         results=args.results,

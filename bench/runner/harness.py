@@ -41,6 +41,7 @@ class Options:
     timeout_per_system: float  # seconds for all of one system's measurements
     measurement_cap: float  # seconds for one measurement at most
     w4_window: float
+    drain_window: float | None  # W2/W5/W6 end this many seconds after the workers start
     w4_settle: float
     fsync_probes: int
     results: Path
@@ -181,7 +182,7 @@ class Harness:
             system=system, workload=workload, processes=processes, queue=queue, env=env,
             recorder=recorder, logs=logs, deadline=time.monotonic() + cap,
             crash=Crash(self.options.w4_window, self.options.w4_settle),
-            show=self.progress.show,
+            show=self.progress.show, drain_window=self.options.drain_window,
         )  # fmt: skip
         record = _record(system.name, workload, processes, repeat, layout)
         self.run_measurement(system, measurement, record)

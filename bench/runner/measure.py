@@ -54,6 +54,7 @@ class Measurement:
     deadline: float  # time.monotonic()
     crash: Crash
     show: Callable[[str], None]
+    drain_window: float | None = None  # W2/W5/W6: seconds after the workers' start, at most
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     probes: list[dict[str, float]] = field(default_factory=list)  # around the timed phase
 
@@ -92,17 +93,20 @@ class Measurement:
         self.probe()
         launched = time.time()
         self.start_workers(self.processes)
-        done = self.wait_for(self.key, w.count)
+        until = None if self.drain_window is None else time.monotonic() + self.drain_window
+        done = self.wait_for(self.key, w.count, until)
         self.probe()
+        drained = len({c.i for c in done})
         first = min(c.started for c in done)
         last = max(c.finished for c in done)
         seconds = last - first
         return {
-            "tasks_per_s": w.count / seconds,
-            "mb_per_s": w.count * w.size / seconds / 1e6,
+            "tasks_per_s": drained / seconds,
+            "mb_per_s": drained * w.size / seconds / 1e6,
             "seconds": seconds,
             "from_launch_s": last - launched,
-            "duplicates": len(done) - len({c.i for c in done}),
+            "drained": drained,  # fewer than the workload's count: the drain window ended it
+            "duplicates": len(done) - drained,
         }
 
     def latency(self) -> dict[str, Any]:
@@ -190,13 +194,15 @@ class Measurement:
             log = self.logs / f"worker-{i}.log"
             self.workers.append(processes.spawn(args, self.env, log))
 
-    def wait_for(self, key: str, count: int) -> list[Completion]:
-        """Wait until ``count`` different tasks completed; all completions."""
+    def wait_for(self, key: str, count: int, until: float | None = None) -> list[Completion]:
+        """Wait until ``count`` different tasks completed, or until the
+        monotonic time ``until`` once two have; all completions."""
         while True:
             n = self.recorder.count(key)
-            if n >= count:
+            window_over = until is not None and time.monotonic() >= until and n >= 2
+            if n >= count or window_over:
                 done = self.recorder.read(key)
-                if len({c.i for c in done}) >= count:
+                if window_over or len({c.i for c in done}) >= count:
                     return done
             self._check(key, n, count)
             self.show(f"done {n:,}/{count:,}")

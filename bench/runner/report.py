@@ -31,6 +31,7 @@ class Report:
             (s["system"], s["workload"], s["processes"]): s for s in results["summary"]
         }
         self.lines: list[str] = []
+        self.cut = False  # a drain in the table just written was ended by the drain window
 
     def add(self, *lines: str) -> None:
         self.lines.extend(lines)
@@ -44,6 +45,27 @@ class Report:
 
     def value(self, system: str, workload: str, key: str, processes: int = 2) -> Any:
         return self.entry(system, workload, processes).get("median", {}).get(key)
+
+    def drain(self, system: str, workload: str, processes: int = 2) -> str:
+        """A drain's tasks/s, marked ``*`` when the drain window ended it early."""
+        value = _num(self.value(system, workload, "tasks_per_s", processes))
+        drained = self.value(system, workload, "drained", processes)
+        count = self.results["workloads"][workload]["count"]
+        if isinstance(drained, int | float) and drained < count:
+            self.cut = True
+            return f"{value}*"
+        return value
+
+    def cut_note(self) -> None:
+        if self.cut:
+            window = self.results["options"].get("drain_window")
+            self.add(
+                f"`*`: the drain window (`--drain-window {window:g}`: at most {window:g} s after"
+                " the workers started) ended this drain before every task was done; the figure is"
+                " the rate of the tasks done by then.",
+                "",
+            )
+            self.cut = False
 
     def runs(self, system: str, workload: str, processes: int = 2) -> str:
         e = self.entry(system, workload, processes)
@@ -104,13 +126,15 @@ class Report:
 
     def throughput(self, workload: str, title: str, key: str, unit: str) -> None:
         base = self.value(BASE, workload, key)
+        shown = self.drain if key == "tasks_per_s" else lambda n, w: _num(self.value(n, w, key))
         rows = [
-            [name, _num(self.value(name, workload, key)),
-             _ratio(self.value(name, workload, key), base), self.runs(name, workload)]
+            [name, shown(name, workload), _ratio(self.value(name, workload, key), base),
+             self.runs(name, workload)]
             for name in self.systems
         ]  # fmt: skip
         self.add(f"## {workload}: {title}", "")
         self.table(["system", unit, "x Conveyor", "runs ok"], rows)
+        self.cut_note()
 
     def latency(self) -> None:
         base = self.value(BASE, "W3", "p99_ms")
@@ -159,21 +183,22 @@ class Report:
             for p in layouts:
                 value = self.value(name, "W5", "tasks_per_s", p)
                 ratio = _ratio(value, self.value(BASE, "W5", "tasks_per_s", p))
-                row.append(f"{_num(value)} ({ratio})")
+                row.append(f"{self.drain(name, 'W5', p)} ({ratio})")
             rows.append(row)
         self.add("## W5: W2 with 1, 2, 4 and 8 worker processes (tasks/s, x Conveyor)", "")
         self.table(["system", *(f"{p} process{'es' if p > 1 else ''}" for p in layouts)], rows)
+        self.cut_note()
 
     def payload(self) -> None:
         base = self.value(BASE, "W6", "tasks_per_s")
         rows = [
-            [name, _num(self.value(name, "W6", "tasks_per_s")),
-             _num(self.value(name, "W6", "mb_per_s"), 2),
+            [name, self.drain(name, "W6"), _num(self.value(name, "W6", "mb_per_s"), 2),
              _ratio(self.value(name, "W6", "tasks_per_s"), base), self.runs(name, "W6")]
             for name in self.systems
         ]  # fmt: skip
         self.add("## W6: W2 with a 10 KB payload", "")
         self.table(["system", "tasks/s", "MB/s", "x Conveyor", "runs ok"], rows)
+        self.cut_note()
 
     def conveyor_figures(self) -> None:
         rows = []
