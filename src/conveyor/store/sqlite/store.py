@@ -180,10 +180,9 @@ class SqliteStore:
         target = ":memory:" if self.path is None else str(self.path)
         conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
         if self.path is not None:
-            # The broker owns the file (see _lock): holding SQLite's lock for
-            # good spares every transaction its file locking, and the WAL
-            # index lives in memory instead of a shared -shm mapping.
-            conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+            # SQLite's normal locking, not locking_mode=EXCLUSIVE (a little
+            # faster): other processes may read the file while the broker
+            # runs, so `sqlite3 conveyor.db .backup` takes a live backup.
             conn.execute("PRAGMA journal_mode=WAL")
             # At fsync the writer fdatasyncs the WAL itself, once for many commits.
             conn.execute("PRAGMA synchronous=NORMAL")
