@@ -537,6 +537,28 @@ class BrokerMachine(RuleBasedStateMachine):
         assert infos == model, f"sessions and their leases: broker {infos}, model {model}"
         self.clean = True
 
+    @invariant()
+    def counters_agree_with_the_rows(self) -> None:
+        """The per-state counts that stats reads are those of the rows."""
+        stats = self.run(self.broker.stats(QUEUE))
+        rows = self.run(self.store_rows())
+        by_state = Counter(st for st, _, _ in rows)
+        counted = (by_state[0] + by_state[4], by_state[1], by_state[2], by_state[3])
+        assert (stats.ready, stats.scheduled, stats.leased, stats.dead) == counted, (stats, rows)
+        ready_at = [at for st, at, _ in rows if st == 0]
+        oldest = self.clock.now - min(ready_at) if ready_at else None
+        assert stats.oldest_ready_age == (None if oldest is None else max(0.0, oldest)), (
+            stats,
+            rows,
+        )
+
+    async def store_rows(self) -> list[tuple[int, float, int]]:
+        """(state, available_at, priority) of every message, read in the store's writer."""
+        store = self.broker.store
+        assert isinstance(store, SqliteStore)
+        query = "SELECT state, available_at, priority FROM messages WHERE queue = ?"
+        return await store.writer.run(lambda tx: tx.conn.execute(query, (QUEUE,)).fetchall())
+
     # -- the end ----------------------------------------------------------------
 
     def drain_and_check(self) -> None:

@@ -86,3 +86,51 @@ async def test_stats_follow_every_transition(broker: Broker, clock: FakeClock) -
     }
     assert stats.oldest_ready_age == 15.0  # g2, ready since the enqueue
     assert (await broker.stats("elsewhere")).enqueued_total == 1
+
+
+async def test_counts_after_purge_and_redrive(broker: Broker, clock: FakeClock) -> None:
+    await broker.create_queue("q", max_attempts=1)
+    await broker.enqueue_many(
+        "q",
+        [
+            NewMessage(body=b"fails"),
+            NewMessage(body=b"g1", group="g"),
+            NewMessage(body=b"g2", group="g"),
+            NewMessage(body=b"later", delay=100),
+        ],
+    )
+    session = await broker.open_session("c", timeout=1000)
+    got = await broker.receive(session, "q", max=2)  # fails, g1
+    for d in got:
+        await broker.nack(d.id, d.token)  # out of attempts: both dead, g2 leads
+    assert current(await broker.stats("q")) == (1, 1, 0, 2)
+    assert await broker.purge("q") == 2  # g2 and later; the dead letters stay
+    assert current(await broker.stats("q")) == (0, 0, 0, 2)
+    assert await broker.redrive("q") == 2
+    assert current(await broker.stats("q")) == (2, 0, 0, 0)
+    await broker.enqueue("q", b"g3", group="g")  # behind the redriven g1: blocked
+    assert current(await broker.stats("q")) == (3, 0, 0, 0)
+
+
+async def test_the_oldest_ready_message_is_found_across_priorities(
+    broker: Broker, clock: FakeClock
+) -> None:
+    await broker.create_queue("q")
+    await broker.enqueue("q", b"old, low", priority=0)
+    clock.advance(3)
+    await broker.enqueue("q", b"new, high", priority=9)
+    await broker.enqueue("q", b"due later, low", priority=0, delay=1)
+    clock.advance(2)
+    stats = await broker.stats("q")
+    assert stats.oldest_ready_age == 5.0
+    session = await broker.open_session("c", timeout=1000)
+    got = await broker.receive(session, "q", max=1)
+    assert [d.body for d in got] == [b"new, high"]
+    # The next oldest ready one (the delayed one is due by now but still
+    # scheduled until a claim or a sweep promotes it).
+    assert (await broker.stats("q")).oldest_ready_age == 5.0
+    await broker.ack(got[0].id, got[0].token)
+    got = await broker.receive(session, "q", max=1)
+    assert [d.body for d in got] == [b"old, low"]
+    await broker.sweep_once()
+    assert (await broker.stats("q")).oldest_ready_age == 1.0

@@ -44,32 +44,43 @@ SWEEP_LIMIT = 5000  # rows per kind per sweep: keeps each monitor transaction sh
 
 
 class Effects:
-    """What one operation changed besides rows: per-queue totals (written
+    """What one operation changed besides rows: per-queue counters (written
     once at its end), queues whose consumers should look again, and message
-    ids that got a result."""
+    ids that got a result.
+
+    A queue's counters are how many of its messages are in each state
+    (indexed by state) and its running totals; every change of a message's
+    state goes through ``move``, so the counts stay exact and a queue's
+    statistics never count rows."""
 
     __slots__ = ("by_queue", "finished", "woken")
-    FIELDS = (
-        "depth",
-        "enqueued",
-        "delivered",
-        "acked",
-        "nacked",
-        "dead",
-        "expired",
-        "lease_expired",
-    )
+    TOTALS = ("enqueued", "delivered", "acked", "nacked", "dead", "expired", "lease_expired")
+    STATES = 5
 
     def __init__(self) -> None:
         self.by_queue: dict[str, list[int]] = {}
         self.woken: set[str] = set()
         self.finished: list[str] = []
 
-    def add(self, queue: str, field: str, n: int = 1) -> None:
+    def _row(self, queue: str) -> list[int]:
         row = self.by_queue.get(queue)
         if row is None:
-            row = self.by_queue[queue] = [0] * len(self.FIELDS)
-        row[self.FIELDS.index(field)] += n
+            row = self.by_queue[queue] = [0] * (self.STATES + len(self.TOTALS))
+        return row
+
+    def add(self, queue: str, total: str, n: int = 1) -> None:
+        self._row(queue)[self.STATES + self.TOTALS.index(total)] += n
+
+    def move(self, queue: str, before: int | None, after: int | None, n: int = 1) -> None:
+        """``n`` messages of the queue went from state ``before`` to state
+        ``after`` (None: not stored, i.e. enqueued or deleted)."""
+        if n == 0 or before == after:
+            return
+        row = self._row(queue)
+        if before is not None:
+            row[before] -= n
+        if after is not None:
+            row[after] += n
 
     def flush(self, tx: Transaction) -> None:
         if self.by_queue:
@@ -111,6 +122,7 @@ def _enqueue_into(
     dedup = config.dedup_window > 0
     results: list[EnqueueResult] = []
     rows: list[tuple[Any, ...]] = []
+    counts = [0] * Effects.STATES  # new messages by state
     heads: set[str] = set()  # groups given a head in this batch
     for m in messages:
         if dedup and m.dedup_key is not None:
@@ -129,6 +141,7 @@ def _enqueue_into(
         else:
             st = SCHEDULED if m.available_at > now else READY
             heads.add(m.group)
+        counts[st] += 1
         headers = _encode_headers(m.headers) if m.headers else None
         rows.append(
             (seq, queue, st, m.priority, m.available_at, m.expires_at, m.body, headers,
@@ -144,7 +157,8 @@ def _enqueue_into(
                     f" {len(rows)} more do not fit"
                 )
         conn.executemany(Q.insert_message, rows)
-        fx.add(queue, "depth", len(rows))
+        for st, n in enumerate(counts):
+            fx.move(queue, None, st, n)
         fx.add(queue, "enqueued", len(rows))
     return results
 
@@ -158,8 +172,9 @@ def claim(state: StoreState, tx: Transaction, op: ClaimOp) -> ClaimResult:
     if conn.execute(Q.session_exists, (op.session,)).fetchone() is None:
         raise SessionNotFound(f"session {op.session!r} is closed or expired")
     now = op.now
+    fx = Effects()
     conn.execute(Q.consumer_claimed, (now, op.queue, op.session))
-    conn.execute(Q.promote_due, (op.queue, now))
+    fx.move(op.queue, SCHEDULED, READY, conn.execute(Q.promote_due, (op.queue, now)).rowcount)
     buckets: str | None = None
     if op.buckets and conn.execute(Q.has_ready_grouped, (op.queue,)).fetchone():
         allowed = conn.execute(
@@ -215,10 +230,10 @@ def claim(state: StoreState, tx: Transaction, op: ClaimOp) -> ClaimResult:
     if owned:
         conn.executemany(Q.own_bucket, [(op.queue, b, op.session) for b in owned])
     if deliveries:
-        fx = Effects()
+        fx.move(op.queue, READY, LEASED, len(deliveries))
         fx.add(op.queue, "delivered", len(deliveries))
-        fx.flush(tx)
         conn.execute(Q.session_delivered, (len(deliveries), now, op.session))
+    fx.flush(tx)
     next_at = None
     if len(deliveries) < op.limit:
         next_at = conn.execute(Q.next_scheduled, (op.queue,)).fetchone()[0]
@@ -243,9 +258,9 @@ def ack(state: StoreState, tx: Transaction, op: SettleOp) -> Settled:
         if row is None:
             outcomes.append(_lost(item.id, item.token))
             continue
-        queue, grp, holder = row
+        queue, grp, holder, st = row
         fx.add(queue, "acked")
-        fx.add(queue, "depth", -1)
+        fx.move(queue, st, None)
         acked_by[holder] = acked_by.get(holder, 0) + 1
         if grp is not None:
             _promote_group(tx, fx, queue, grp, op.now)
@@ -272,17 +287,18 @@ def nack(state: StoreState, tx: Transaction, op: SettleOp) -> Settled:
         if row is None:
             outcomes.append(_lost(item.id, item.token))
             continue
-        queue, grp, attempts, max_attempts = row
+        queue, grp, attempts, max_attempts, before = row
         config = state.config(queue)
         fx.add(queue, "nacked")
         if attempts >= (max_attempts or config.max_attempts):
             reason = f"failed on all {attempts} attempts"
-            _kill(state, tx, fx, seq, queue, grp, reason, item.error, op.now)
+            _kill(state, tx, fx, seq, queue, before, grp, reason, item.error, op.now)
         else:
             policy = RetryPolicy(config.retry_base, config.retry_max, config.retry_jitter)
             delay = item.delay if item.delay is not None else policy.backoff(attempts)
             st = SCHEDULED if delay > 0 else READY
             conn.execute(Q.retry, (st, op.now + delay, item.error, seq))
+            fx.move(queue, before, st)
             fx.woken.add(queue)  # ready now, or its consumers' next delayed message may be sooner
         outcomes.append(None)
     fx.flush(tx)
@@ -311,8 +327,8 @@ def dead(state: StoreState, tx: Transaction, op: SettleOp) -> Settled:
         if row is None:
             outcomes.append(_lost(item.id, item.token))
             continue
-        queue, grp, _, _ = row
-        _kill(state, tx, fx, seq, queue, grp, item.reason, None, op.now)
+        queue, grp, _, _, before = row
+        _kill(state, tx, fx, seq, queue, before, grp, item.reason, None, op.now)
         outcomes.append(None)
     fx.flush(tx)
     return Settled(outcomes, sorted(fx.woken))
@@ -329,7 +345,8 @@ def _promote_group(tx: Transaction, fx: Effects, queue: str, grp: str, now: floa
     """The head of a group finished: its next message (in enqueue order) leads.
     The queue is woken even if none did: a bucket whose last lease this was
     may now go to its new owner."""
-    tx.conn.execute(Q.promote_group, (now, queue, grp))
+    for (st,) in tx.conn.execute(Q.promote_group, (now, queue, grp)):
+        fx.move(queue, BLOCKED, st)
     fx.woken.add(queue)
 
 
@@ -339,18 +356,19 @@ def _kill(
     fx: Effects,
     seq: int,
     queue: str,
+    before: int,
     grp: str | None,
     reason: str,
     error: str | None,
     now: float,
 ) -> None:
-    """Move one message to its queue's dead letters and record why. ``grp``:
-    the group of a message that was its group's head (the next one leads now),
-    else None."""
+    """Move one message (in state ``before``) to its queue's dead letters and
+    record why. ``grp``: the group of a message that was its group's head
+    (the next one leads now), else None."""
     conn = tx.conn
     conn.execute(Q.kill, (reason, error, now, seq))
     fx.add(queue, "dead")
-    fx.add(queue, "depth", -1)
+    fx.move(queue, before, DEAD)
     ttl = state.config(queue).result_ttl
     detail = reason if error is None else f"{reason}: {error}"
     conn.execute(Q.result_put, (seq, ResultStatus.DEAD.value, None, detail, now, now + ttl))
@@ -376,9 +394,11 @@ def release(
     for seq, queue, grp, attempts, max_attempts in rows:
         fx.add(queue, "lease_expired")
         if attempts >= (max_attempts or state.config(queue).max_attempts):
-            _kill(state, tx, fx, seq, queue, grp, f"{why} after {attempts} attempts", None, now)
+            reason = f"{why} after {attempts} attempts"
+            _kill(state, tx, fx, seq, queue, LEASED, grp, reason, None, now)
         else:
             tx.conn.execute(Q.release, (seq,))
+            fx.move(queue, LEASED, READY)
             fx.woken.add(queue)
 
 
@@ -404,7 +424,9 @@ def sweep(state: StoreState, tx: Transaction, now: float) -> Swept:
     rows = conn.execute(Q.leases_expired, (now, SWEEP_LIMIT)).fetchall()
     release(state, tx, fx, rows, now, "lease expired")
     for queue in state.configs:
-        if conn.execute(Q.promote_due, (queue, now)).rowcount:
+        due = conn.execute(Q.promote_due, (queue, now)).rowcount
+        if due:
+            fx.move(queue, SCHEDULED, READY, due)
             fx.woken.add(queue)
     expired = conn.execute(Q.ttl_expired, (now, SWEEP_LIMIT)).fetchall()
     for seq, queue, grp, st in expired:
@@ -412,7 +434,7 @@ def sweep(state: StoreState, tx: Transaction, now: float) -> Swept:
         # A blocked message is not its group's head: the head still leads,
         # so nothing behind it may be promoted.
         head = grp if st != BLOCKED else None
-        _kill(state, tx, fx, seq, queue, head, "expired", None, now)
+        _kill(state, tx, fx, seq, queue, st, head, "expired", None, now)
     conn.execute(Q.dedup_sweep, (now,))
     conn.execute(Q.results_sweep, (now,))
     conn.execute(Q.idempotency_sweep, (now,))

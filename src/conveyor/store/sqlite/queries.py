@@ -74,6 +74,7 @@ class SqliteQueries:
     owners_drop_queue: LiteralString
     bindings_drop_queue: LiteralString
     purge: LiteralString
+    purged: LiteralString
     dead_page: LiteralString
     dead_all: LiteralString
     dead_one: LiteralString
@@ -81,13 +82,9 @@ class SqliteQueries:
     binding_insert: LiteralString
     binding_delete: LiteralString
     bindings_all: LiteralString
-    count_ready: LiteralString
-    count_scheduled: LiteralString
-    count_leased: LiteralString
-    count_dead: LiteralString
-    count_blocked: LiteralString
+    oldest_ready: LiteralString
     count_consumers: LiteralString
-    queue_totals: LiteralString
+    queue_counters: LiteralString
     epoch_get: LiteralString
     epoch_put: LiteralString
     max_seq: LiteralString

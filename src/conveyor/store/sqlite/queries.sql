@@ -16,14 +16,18 @@ INSERT OR REPLACE INTO dedup (queue, key, seq, expires_at) VALUES (?, ?, ?, ?);
 SELECT 1 FROM messages WHERE queue = ? AND grp = ? AND state IN (0, 1, 2) LIMIT 1;
 
 -- name: queue_depth
-SELECT depth FROM queues WHERE name = ?;
+-- Messages that count against max_length: all but dead letters.
+SELECT ready + scheduled + leased + blocked FROM queues WHERE name = ?;
 
 -- name: bump_counters
-UPDATE queues SET depth = depth + ?, enqueued_total = enqueued_total + ?,
-    delivered_total = delivered_total + ?, acked_total = acked_total + ?,
-    nacked_total = nacked_total + ?, dead_total = dead_total + ?,
-    expired_total = expired_total + ?, lease_expired_total = lease_expired_total + ?
-WHERE name = ?;
+-- Changes of the per-state counts (in state order), then of the totals.
+UPDATE queues SET ready = ready + ?1, scheduled = scheduled + ?2, leased = leased + ?3,
+    dead = dead + ?4, blocked = blocked + ?5,
+    enqueued_total = enqueued_total + ?6, delivered_total = delivered_total + ?7,
+    acked_total = acked_total + ?8, nacked_total = nacked_total + ?9,
+    dead_total = dead_total + ?10, expired_total = expired_total + ?11,
+    lease_expired_total = lease_expired_total + ?12
+WHERE name = ?13;
 
 -- name: session_exists
 SELECT 1 FROM sessions WHERE id = ?;
@@ -87,10 +91,10 @@ WHERE seq IN (SELECT m.seq FROM json_each(?) AS a
               JOIN messages AS m ON m.seq = json_extract(a.value, '$[0]')
               WHERE m.token = json_extract(a.value, '$[1]')
                 AND m.holder IS NOT NULL AND m.state IN (0, 2))
-RETURNING seq, token, queue, grp, holder;
+RETURNING seq, token, queue, grp, holder, state;
 
 -- name: lease_get
-SELECT queue, grp, attempts, max_attempts FROM messages
+SELECT queue, grp, attempts, max_attempts, state FROM messages
 WHERE seq = ? AND token = ? AND holder IS NOT NULL AND state IN (0, 2);
 
 -- name: retry
@@ -111,7 +115,8 @@ WHERE seq = ?;
 -- name: promote_group
 UPDATE messages SET state = CASE WHEN available_at > ? THEN 1 ELSE 0 END
 WHERE seq = (SELECT seq FROM messages
-             WHERE queue = ? AND grp = ? AND state = 4 ORDER BY seq LIMIT 1);
+             WHERE queue = ? AND grp = ? AND state = 4 ORDER BY seq LIMIT 1)
+RETURNING state;
 
 -- name: result_put
 INSERT OR REPLACE INTO results (seq, status, body, error, finished_at, expires_at)
@@ -249,6 +254,9 @@ DELETE FROM bindings WHERE queue = ?;
 -- name: purge
 DELETE FROM messages WHERE queue = ? AND state IN (0, 1, 4);
 
+-- name: purged
+UPDATE queues SET ready = 0, scheduled = 0, blocked = 0 WHERE name = ?;
+
 -- name: dead_page
 SELECT seq, body, headers, priority, grp, dedup_key, attempts, max_attempts, enqueued_at,
        available_at, expires_at, last_error, dead_reason, dead_at
@@ -274,27 +282,27 @@ DELETE FROM bindings WHERE pattern = ? AND queue = ?;
 -- name: bindings_all
 SELECT pattern, queue FROM bindings ORDER BY pattern, queue;
 
--- name: count_ready
-SELECT count(*), min(available_at) FROM messages WHERE queue = ? AND state = 0;
-
--- name: count_scheduled
-SELECT count(*) FROM messages WHERE queue = ? AND state = 1;
-
--- name: count_leased
-SELECT count(*) FROM messages WHERE state = 2 AND queue = ?;
-
--- name: count_dead
-SELECT count(*) FROM messages WHERE queue = ? AND state = 3;
-
--- name: count_blocked
-SELECT count(*) FROM messages WHERE queue = ? AND grp IS NOT NULL AND state = 4;
+-- name: oldest_ready
+-- When the longest-waiting ready message became ready: the least available_at
+-- of each priority level's first entry in messages_ready, one index probe per
+-- level present instead of a scan of every ready message.
+WITH RECURSIVE levels (priority) AS (
+    SELECT max(priority) FROM messages WHERE queue = ?1 AND state = 0
+    UNION ALL
+    SELECT (SELECT max(priority) FROM messages
+            WHERE queue = ?1 AND state = 0 AND priority < levels.priority)
+    FROM levels WHERE levels.priority IS NOT NULL
+)
+SELECT min((SELECT min(available_at) FROM messages
+            WHERE queue = ?1 AND state = 0 AND priority = levels.priority))
+FROM levels WHERE levels.priority IS NOT NULL;
 
 -- name: count_consumers
 SELECT count(*) FROM consumers WHERE queue = ?;
 
--- name: queue_totals
-SELECT enqueued_total, delivered_total, acked_total, nacked_total, dead_total, expired_total,
-       lease_expired_total
+-- name: queue_counters
+SELECT ready, scheduled, leased, dead, blocked, enqueued_total, delivered_total, acked_total,
+       nacked_total, dead_total, expired_total, lease_expired_total
 FROM queues WHERE name = ?;
 
 -- name: epoch_get

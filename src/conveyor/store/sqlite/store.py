@@ -273,9 +273,7 @@ class SqliteStore:
         def purge(state: StoreState, tx: Transaction) -> int:
             state.config(name)
             count = tx.conn.execute(Q.purge, (name,)).rowcount
-            fx = tx_ops.Effects()
-            fx.add(name, "depth", -count)
-            fx.flush(tx)
+            tx.conn.execute(Q.purged, (name,))
             return count
 
         return await self._run(purge)
@@ -399,14 +397,15 @@ class SqliteStore:
                     for i in ids
                     if (r := conn.execute(Q.dead_one, (queue, parse_id(i))).fetchone())
                 ]
+            fx = tx_ops.Effects()
             for seq, grp in rows:
                 blocked = (
                     grp is not None and conn.execute(Q.group_has_head, (queue, grp)).fetchone()
                 )
-                conn.execute(Q.redrive_one, (tx_ops.BLOCKED if blocked else tx_ops.READY, now, seq))
+                st = tx_ops.BLOCKED if blocked else tx_ops.READY
+                conn.execute(Q.redrive_one, (st, now, seq))
                 conn.execute(Q.result_delete, (seq,))
-            fx = tx_ops.Effects()
-            fx.add(queue, "depth", len(rows))
+                fx.move(queue, tx_ops.DEAD, st)
             fx.flush(tx)
             return len(rows)
 
@@ -455,19 +454,17 @@ class SqliteStore:
         def stats(state: StoreState, tx: Transaction) -> QueueStats:
             state.config(queue)
             conn = tx.conn
-
-            def one(query: Any) -> Any:
-                return conn.execute(query, (queue,)).fetchone()
-
-            ready, oldest = one(Q.count_ready)
-            totals = one(Q.queue_totals)
+            (ready, scheduled, leased, dead, blocked, *totals) = conn.execute(
+                Q.queue_counters, (queue,)
+            ).fetchone()
+            oldest = conn.execute(Q.oldest_ready, (queue,)).fetchone()[0]
             return QueueStats(
                 queue=queue,
-                ready=ready + one(Q.count_blocked)[0],
-                scheduled=one(Q.count_scheduled)[0],
-                leased=one(Q.count_leased)[0],
-                dead=one(Q.count_dead)[0],
-                consumers=one(Q.count_consumers)[0],
+                ready=ready + blocked,
+                scheduled=scheduled,
+                leased=leased,
+                dead=dead,
+                consumers=conn.execute(Q.count_consumers, (queue,)).fetchone()[0],
                 oldest_ready_age=None if oldest is None else max(0.0, now - oldest),
                 enqueued_total=totals[0],
                 delivered_total=totals[1],
