@@ -4,7 +4,8 @@
 
 Runs producers and consumers concurrently on one event loop against a
 SqliteStore in a temporary directory, and prints messages/s for the enqueue
-phase alone, the drain phase alone (receive + ack_many), and both at once.
+phase alone, the drain phase alone (receive + ack_many), and both at once;
+between the first two, what one ``stats`` call costs with the queue full.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 from conveyor.broker.broker import Broker
 from conveyor.core.types import Ack, NewMessage
 from conveyor.store.sqlite.store import SqliteStore
+
+STATS_CALLS = 20
 
 
 def progress(label: str, done: int, total: int) -> None:
@@ -82,6 +85,11 @@ async def run(args: argparse.Namespace, data: Path) -> None:
             total,
         )
         print(f"enqueue (batches of {b}, {p} producers): {total / t:,.0f} msgs/s")
+        start = time.perf_counter()
+        for _ in range(STATS_CALLS):
+            await broker.stats("bench")
+        took = (time.perf_counter() - start) / STATS_CALLS
+        print(f"stats of the queue holding {total:,} messages: {took * 1000:.2f} ms per call")
         done = [0]
         t = await phase(
             "claim+ack",
