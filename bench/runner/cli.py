@@ -86,6 +86,12 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--fsync-probes", type=int, default=200, help="fdatasync calls timed")
     run.add_argument("--results", type=Path, default=RESULTS, help="output directory")
+    run.add_argument(
+        "--append",
+        action="store_true",
+        help="measure these systems into the results.json already in --results (same settings"
+        " required), replacing their earlier figures",
+    )
     run.add_argument("--keep-work", action="store_true", help="keep the working directory")
     report = sub.add_parser("report", help="rewrite results.md and the plots from results.json")
     report.add_argument("--results", type=Path, default=RESULTS)
@@ -108,6 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         fsync_probes=args.fsync_probes,
         results=args.results,
         keep_work=args.keep_work,
+        append=args.append,
     )
     results = Harness(options).run()
     return write_outputs(results, args.results)

@@ -5,7 +5,8 @@ recorded with its reason and the run goes on; a system whose budget is spent
 has its remaining measurements recorded as failed, never left out.
 
 results.json is rewritten after every system, so an interrupted run keeps
-what it measured.
+what it measured; ``--append`` measures more systems (or some again) into
+an earlier run's results.json, whose settings it must share.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Options:
     fsync_probes: int
     results: Path
     keep_work: bool
+    append: bool = False  # merge into the results.json already in ``results``
 
 
 class Progress:
@@ -92,11 +94,18 @@ class Harness:
         self.measurements: list[dict[str, Any]] = []
         self.systems: dict[str, dict[str, Any]] = {}
         self.machine: dict[str, Any] = {}
+        self.earlier: dict[str, Any] | None = None  # the run appended to
+        if options.append:
+            self.earlier = earlier_run(options)
+            kept = [n for n in self.earlier["options"]["systems"] if n not in options.systems]
+            self.measurements = [m for m in self.earlier["measurements"] if m["system"] in kept]
+            self.systems = {n: self.earlier["systems"][n] for n in kept}
 
     def run(self) -> dict[str, Any]:
         options = self.options
         options.results.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(options.results / "logs", ignore_errors=True)  # this run's logs only
+        if not options.append:
+            shutil.rmtree(options.results / "logs", ignore_errors=True)  # this run's logs only
         work = Path(tempfile.mkdtemp(prefix=".bench-work-", dir=Path.cwd()))
         self.machine = describe(work, options.fsync_probes)
         fsync = self.machine["fdatasync"]
@@ -216,18 +225,52 @@ class Harness:
 
     def write(self) -> dict[str, Any]:
         options = self.options
+        this = {"run_id": self.run_id, "machine": self.machine, "systems": options.systems}
+        if self.earlier is None:
+            run_id, machine, systems, appended = self.run_id, self.machine, options.systems, []
+        else:
+            e = self.earlier
+            run_id, machine, appended = e["run_id"], e["machine"], e.get("appended", [])
+            systems = [n for n in e["options"]["systems"] if n not in options.systems]
+            appended = [*appended, this]
+            systems += options.systems
         results = {
-            "run_id": self.run_id,
-            "options": {**asdict(options), "results": str(options.results)},
-            "machine": self.machine,
+            "run_id": run_id,
+            "options": {
+                **asdict(options), "systems": systems, "append": False,
+                "results": str(options.results),
+            },
+            "machine": machine,
+            "appended": appended,  # later runs measured into this one: their ids and machines
             "workloads": {w.id: asdict(w) for w in self.workloads},
             "systems": self.systems,
             "measurements": self.measurements,
             "summary": summarize(self.measurements),
-        }
+        }  # fmt: skip
         path = options.results / "results.json"
         path.write_text(json.dumps(results, indent=1, default=str))
         return results
+
+
+SHARED = ("workloads", "repeat", "quick", "drain_window", "w4_window", "w4_settle")
+
+
+def earlier_run(options: Options) -> dict[str, Any]:
+    """The results.json that ``--append`` adds to; refused unless it was
+    measured with the same settings (else its figures would not compare)."""
+    path = options.results / "results.json"
+    try:
+        earlier: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--append: cannot read {path}: {exc}") from None
+    mine = asdict(options)
+    differ = [k for k in SHARED if earlier["options"].get(k) != mine[k]]
+    if differ:
+        raise SystemExit(
+            "--append: the earlier run was measured with other settings: "
+            + ", ".join(f"{k} {earlier['options'].get(k)!r} (now {mine[k]!r})" for k in differ)
+        )
+    return earlier
 
 
 def _stop(system: System) -> None:

@@ -78,13 +78,19 @@ class Report:
         m, o = r["machine"], r["options"]
         fsync = m["fdatasync"]
         size = "--quick (every size ~10x smaller)" if o["quick"] else "full size"
+        later = "".join(
+            f" Measured into it by run `{a['run_id']}` of {a['machine']['date']} with the same"
+            f" settings ({a['machine']['cpu']}, fdatasync median"
+            f" {a['machine']['fdatasync']['median_ms']:.3f} ms): {', '.join(a['systems'])}."
+            for a in r.get("appended", [])
+        )
         self.add(
             "# Conveyor beside its peers",
             "",
             f"Run `{r['run_id']}` of {m['date']}, {size}, each measurement run"
-            f" {o['repeat']} time(s); the tables give the median of the successful runs.",
-            "Ratios (`x Conveyor`) divide a system's figure by Conveyor's **in this same run**;"
-            " absolute figures drift between runs and machines.",
+            f" {o['repeat']} time(s); the tables give the median of the successful runs.{later}",
+            "Ratios (`x Conveyor`) divide a system's figure by Conveyor's **in these same"
+            " results**; absolute figures drift between runs and machines.",
             "",
             f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, Linux"
             f" {m['kernel']}, Python {m['python']}; load average at the start"
