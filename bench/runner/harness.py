@@ -42,8 +42,8 @@ class Options:
     timeout_per_system: float  # seconds for all of one system's measurements
     measurement_cap: float  # seconds for one measurement at most
     w4_window: float
-    drain_window: float | None  # W2/W5/W6 end this many seconds after the workers start
     w4_settle: float
+    drain_window: float | None  # W2/W5/W6 end this many seconds after the workers start
     fsync_probes: int
     results: Path
     keep_work: bool
@@ -225,15 +225,14 @@ class Harness:
 
     def write(self) -> dict[str, Any]:
         options = self.options
-        this = {"run_id": self.run_id, "machine": self.machine, "systems": options.systems}
-        if self.earlier is None:
-            run_id, machine, systems, appended = self.run_id, self.machine, options.systems, []
-        else:
+        run_id, machine, systems = self.run_id, self.machine, options.systems
+        appended: list[dict[str, Any]] = []
+        if self.earlier is not None:
             e = self.earlier
-            run_id, machine, appended = e["run_id"], e["machine"], e.get("appended", [])
-            systems = [n for n in e["options"]["systems"] if n not in options.systems]
-            appended = [*appended, this]
-            systems += options.systems
+            run_id, machine = e["run_id"], e["machine"]
+            this = {"run_id": self.run_id, "machine": self.machine, "systems": options.systems}
+            appended = [*e.get("appended", []), this]
+            systems = [n for n in e["options"]["systems"] if n not in systems] + systems
         results = {
             "run_id": run_id,
             "options": {
