@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conveyor.broker.broker import Broker
-from conveyor.core.errors import InvalidArgument, LeaseLost, StoreLocked
+from conveyor.core.errors import InvalidArgument, LeaseLost, StoreError, StoreLocked
 from conveyor.core.ids import format_id
 from conveyor.store.sql import migrations, parse_queries
 from conveyor.store.sqlite.store import SqliteStore
@@ -78,6 +78,18 @@ async def test_a_backup_can_be_taken_while_the_broker_runs(tmp_path: Path) -> No
         await broker.close()
     assert copy.execute("SELECT body FROM messages").fetchall() == [(b"kept",)]
     copy.close()
+
+
+async def test_an_old_sqlite_is_refused_with_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 31, 1))
+    monkeypatch.setattr(sqlite3, "sqlite_version", "3.31.1")
+    with pytest.raises(
+        StoreError, match=r"needs SQLite 3\.35\.0 or newer; this Python has 3\.31\.1"
+    ):
+        await SqliteStore(tmp_path / "q.db").open()
+    assert not (tmp_path / "q.db").exists()
 
 
 def test_bad_store_arguments_are_refused(tmp_path: Path) -> None:

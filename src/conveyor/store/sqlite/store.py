@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from conveyor.core.errors import InvalidArgument, QueueNotFound, StoreLocked
+from conveyor.core.errors import InvalidArgument, QueueNotFound, StoreError, StoreLocked
 from conveyor.core.ids import IdSequence, format_id, parse_id
 from conveyor.core.ring import bucket_of
 from conveyor.core.types import (
@@ -64,6 +64,7 @@ Durability = Literal["fsync", "os", "memory"]
 DURABILITIES: tuple[Durability, ...] = ("fsync", "os", "memory")
 T = TypeVar("T")
 TOKENS_PER_EPOCH = 1_000_000_000
+SQLITE_NEEDED = (3, 35, 0)  # RETURNING, ALTER TABLE DROP COLUMN
 
 
 class StoreState:
@@ -133,6 +134,11 @@ class SqliteStore:
     async def open(self) -> None:
         if self._writer is not None:
             return
+        if sqlite3.sqlite_version_info < SQLITE_NEEDED:
+            raise StoreError(
+                f"the SQLite store needs SQLite {'.'.join(map(str, SQLITE_NEEDED))} or newer;"
+                f" this Python has {sqlite3.sqlite_version}"
+            )
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._lock()
