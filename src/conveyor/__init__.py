@@ -1,6 +1,7 @@
 """Conveyor: a durable message and task queue for Python."""
 
 from conveyor.client.aio import AsyncClient
+from conveyor.client.native import BrokerUnreachable
 from conveyor.client.sync import Client
 from conveyor.core.errors import (
     BodyTooLarge,
@@ -23,6 +24,7 @@ __all__ = [
     "App",
     "AsyncClient",
     "BodyTooLarge",
+    "BrokerUnreachable",
     "Client",
     "ConveyorError",
     "InvalidArgument",

@@ -124,7 +124,10 @@ class Delivery:
 
 class AsyncClient:
     """A connection to a broker (``conveyor://``) or an embedded one
-    (``sqlite:///file.db``, ``memory://``)."""
+    (``sqlite:///file.db``, ``memory://``). ``connect_timeout``: seconds a
+    client that has not reached its broker yet tries every address before it
+    raises BrokerUnreachable; ``timeout``: seconds a call whose connection
+    was lost waits for a new one."""
 
     def __init__(
         self,
@@ -132,10 +135,13 @@ class AsyncClient:
         *,
         name: str = "",
         timeout: float = 30.0,
+        connect_timeout: float = 1.0,
         token: str | None = None,
     ) -> None:
         self.url = resolve(url)
-        self._transport: Any = open_transport(self.url, name=name, timeout=timeout, token=token)
+        self._transport: Any = open_transport(
+            self.url, name=name, timeout=timeout, connect_timeout=connect_timeout, token=token
+        )
         self._batches: dict[
             str, tuple[list[dict[str, Any]], list[asyncio.Future[dict[str, Any]]]]
         ] = {}

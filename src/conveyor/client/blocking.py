@@ -42,13 +42,15 @@ import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from conveyor.client.limits import check_frame, check_request
 from conveyor.client.native import (
-    Backoff,
+    RECONNECT,
+    Attempts,
     ConnectionLost,
     NativeTransport,
-    attempt_failed,
+    address,
     hello,
-    unreachable,
+    hello_reply_length,
     welcome,
 )
 from conveyor.core import wire
@@ -87,12 +89,23 @@ class Inline:
         return run_inline(coro)
 
 
+def recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise EOFError("closed during the handshake")
+        data += chunk
+    return data
+
+
 class _Connection:
     def __init__(self, sock: socket.socket, server_info: dict[str, Any], timeout: float) -> None:
         self.sock = sock
+        self.info = server_info  # the broker's limits among them
         self.heartbeat = float(server_info.get("heartbeat", 2.0))
         self.timeout = timeout
-        self.frames = wire.FrameReader()
+        self.frames = wire.FrameReader(int(server_info.get("max_frame", wire.DEFAULT_MAX_FRAME)))
         self.last_used = time.monotonic()  # by a call or a ping
         self.last_call = self.last_used
         self._rid = 0
@@ -117,9 +130,12 @@ class _Connection:
         return True
 
     def request(self, op: str, args: dict[str, Any]) -> list[Any]:
-        """Send one request; its reply or error frame."""
+        """Send one request; its reply or error frame. A request over the
+        broker's limits raises here, unsent."""
+        check_request(op, args, self.info)
+        data = wire.request(self._rid + 1, op, args)
+        check_frame(op, len(data) - 4, self.info)
         self._rid += 1
-        data = wire.request(self._rid, op, args)
         try:
             if len(data) <= SMALL:
                 self.sock.sendall(data)
@@ -158,9 +174,11 @@ class _Connection:
 
 class BlockingCalls:
     """The blocking twin of a ``NativeTransport``: the same addresses, token,
-    name, TLS context and timeout."""
+    name, TLS context and timeouts; whether the client ever connected is
+    shared with it (until then, connecting is tried for ``connect_timeout``)."""
 
     def __init__(self, native: NativeTransport) -> None:
+        self.native = native
         self.addresses = native.addresses
         self.token = native.token
         self.name = native.name
@@ -174,19 +192,23 @@ class BlockingCalls:
 
     def connect(self) -> None:
         """Reach the broker now (a bad token or address fails here)."""
-        self._give_back(self._take())
+        self._give_back(self._take(time.monotonic() + self.timeout))
 
     def call(self, op: str, args: dict[str, Any]) -> Any:
-        """One request; sent again on a new connection if this one dies."""
-        backoff = Backoff(self.timeout)
+        """One request; sent again on a new connection if this one dies. An
+        error about the connection itself (request id 0: a frame the broker
+        could not read) is raised, never a reason to send it again."""
+        deadline = time.monotonic() + self.timeout
+        lost = 0
         while True:
-            conn = self._take()
+            conn = self._take(deadline)
             try:
                 frame = conn.request(op, args)
             except Lost as exc:
                 conn.close()
-                wait = backoff.next()
-                if wait is None:
+                lost += 1
+                wait = RECONNECT.backoff(lost)
+                if time.monotonic() + wait > deadline:
                     raise ConnectionLost(
                         f"{op}: connection lost ({exc}) and not regained"
                     ) from None
@@ -212,7 +234,7 @@ class BlockingCalls:
 
     # -- the pool -------------------------------------------------------------
 
-    def _take(self) -> _Connection:
+    def _take(self, deadline: float) -> _Connection:
         if self._pid != os.getpid():
             self._forked()
         with self._lock:
@@ -223,7 +245,7 @@ class BlockingCalls:
                 if conn.usable():
                     return conn
                 conn.close()
-        return self._connect()
+        return self._connect(deadline)
 
     def _forked(self) -> None:
         """In a forked child: the parent's connections would mix its replies
@@ -241,36 +263,32 @@ class BlockingCalls:
                 return
         conn.close()
 
-    def _connect(self) -> _Connection:
-        backoff = Backoff(self.timeout)
-        errors: list[str] = []
+    def _connect(self, deadline: float) -> _Connection:
+        if not self.native.connected_once:
+            deadline = min(deadline, time.monotonic() + self.native.connect_timeout)
+        attempts = Attempts(self.addresses, deadline)
         while True:
             for host, port in self.addresses:
                 try:
-                    return self._connect_once(host, port)
-                except (ConveyorError, OSError) as exc:
-                    attempt_failed(errors, host, port, exc)
-            wait = backoff.next()
-            if wait is None:
-                raise unreachable(self.timeout, errors)
-            time.sleep(wait)
+                    conn = self._connect_once(host, port, attempts.attempt_timeout())
+                except (ConveyorError, OSError, EOFError) as exc:
+                    attempts.failed(host, port, exc)
+                    continue
+                self.native.connected_once = True
+                return conn
+            time.sleep(attempts.pause())
 
-    def _connect_once(self, host: str, port: int) -> _Connection:
-        sock = socket.create_connection((host, port), timeout=5.0)
+    def _connect_once(self, host: str, port: int, timeout: float) -> _Connection:
+        sock = socket.create_connection((host, port), timeout=timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.ssl_context is not None:
                 sock = self.ssl_context.wrap_socket(sock, server_hostname=host)
             sock.sendall(hello(self.token, self.name))
-            frames = wire.FrameReader()
-            while True:
-                chunk = sock.recv(1 << 16)
-                if not chunk:
-                    raise OSError("connection closed during the handshake")
-                got = frames.feed(chunk)
-                if got:
-                    break
-            conn = _Connection(sock, welcome(got[0]), self.timeout)
+            head = recv_exactly(sock, 5)
+            length = hello_reply_length(head, address(host, port))
+            info = welcome(wire.decode(head[4:] + recv_exactly(sock, length - 1)))
+            conn = _Connection(sock, info, self.timeout)
         except BaseException:
             sock.close()
             raise

@@ -1,29 +1,50 @@
 """The client side of the native protocol: one TCP connection, pipelined
 requests, pushed deliveries, heartbeats, and reconnection.
 
-Requests carry ids; any number may be in flight, and their replies are
-matched by id. If the connection is lost, calls in flight wait for a new
-one (tried with exponential backoff over every address given, for up to
-``timeout`` seconds) and are sent again: enqueues carry an idempotency key,
-so a retried enqueue is not stored twice; a retried ack whose lease was
-released meanwhile answers LeaseLost, like any late ack. Subscriptions are
-opened again on the new connection; deliveries received on the old one can
-no longer be settled there (their session ended and released them).
+Connecting. A client that has never reached its broker tries every address
+of its URL in turn, rounds of attempts apart by ``RECONNECT``'s backoff, for
+``connect_timeout`` seconds (1 by default), then raises BrokerUnreachable,
+which names every address with the reason it failed and what to check.
+What a new attempt cannot mend is raised at once: a wrong token
+(Unauthorized), a peer that does not speak the protocol (ProtocolError; an
+HTTP port is named as such).
+
+Reconnecting. Requests carry ids; any number may be in flight, and their
+replies are matched by id. If the connection is lost, calls in flight wait
+for a new one (for up to ``timeout`` seconds) and are sent again: enqueues
+carry an idempotency key, so a retried enqueue is not stored twice; a
+retried ack whose lease was released meanwhile answers LeaseLost, like any
+late ack. A client that consumes (it holds a subscription, or has received)
+does not wait for a call: a task of its own reconnects in the background for
+as long as the client is open, logging each attempt (INFO), once a WARNING
+when the broker has been gone for ``DOWN_WARNING`` seconds, and INFO when it
+is back; its subscriptions are then opened again. Deliveries received on the
+old connection can no longer be settled (their session ended and released
+them).
+
+Limits. Every request is checked against the limits the broker announced in
+its hello reply before it is sent (limits.py), and frames are read up to the
+broker's ``max_frame``. A frame error on the connection (the broker's error
+frame with request id 0, or a frame this side cannot read) fails the calls
+in flight with that typed error and is never a reason to send them again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-import random
+import socket
 import ssl
 import time
 from collections.abc import Callable
 from typing import Any
 
+from conveyor.client.limits import check_frame, check_request
 from conveyor.core import wire
 from conveyor.core.errors import BrokerClosed, ConveyorError, error_for_code, register_error
+from conveyor.core.retry import RetryPolicy
 
 log = logging.getLogger("conveyor.client")
 
@@ -35,28 +56,33 @@ class ConnectionLost(ConveyorError):
     code = "connection_lost"
 
 
+@register_error
+class BrokerUnreachable(ConnectionLost):
+    """No broker answered at any address of the URL in time."""
+
+    code = "broker_unreachable"
+
+
 class _Lost(Exception):
     """Internal: the current connection died under a call."""
 
 
-# Handshake errors that a new attempt cannot mend.
-FATAL_CODES = frozenset({"unauthorized", "protocol_error"})
+# Rounds of attempts over every address: 0.05 s apart at first, doubling up
+# to 2 s (so a broker back is found within about 2 s), each moved by up to
+# half of itself so that the clients of a restarted broker do not all come
+# back at the same instant.
+RECONNECT = RetryPolicy(base=0.05, cap=2.0, jitter=0.5)
+# Seconds one attempt (TCP, TLS, hello) may take at most.
+ATTEMPT_TIMEOUT = 5.0
+# A client reconnecting this long says so once, as a WARNING.
+DOWN_WARNING = 10.0
+# A hello reply is a small map; an answer announcing more is not Conveyor's.
+MAX_HELLO_REPLY = 64 * 1024
 
-
-class Backoff:
-    """Delays between attempts to reach the broker, until a deadline."""
-
-    def __init__(self, timeout: float) -> None:
-        self.deadline = time.monotonic() + timeout
-        self.delay = 0.05
-
-    def next(self) -> float | None:
-        """Seconds to wait before the next attempt; None once out of time."""
-        if time.monotonic() + self.delay > self.deadline:
-            return None
-        wait = self.delay * random.uniform(0.5, 1.0)
-        self.delay = min(self.delay * 2, 2.0)
-        return wait
+NATIVE_PORT_HINT = (
+    "conveyor:// URLs name the native protocol's port (7710 by default);"
+    " Conveyor's HTTP API listens on 7711 by default"
+)
 
 
 def hello(token: str | None, name: str) -> bytes:
@@ -65,26 +91,119 @@ def hello(token: str | None, name: str) -> bytes:
     return wire.PREAMBLE + wire.request(0, "hello", args)
 
 
-def attempt_failed(errors: list[str], host: str, port: int, exc: Exception) -> None:
-    """Note why an address could not be reached; raise what a new attempt
-    cannot mend (a bad token, a broker speaking another protocol)."""
-    if isinstance(exc, ConveyorError):
-        if exc.code in FATAL_CODES:
-            raise exc
-        errors.append(f"{host}:{port}: {exc.message}")
-    else:
-        errors.append(f"{host}:{port}: {exc!r}")
+def address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def hello_reply_length(head: bytes, where: str) -> int:
+    """The length of the hello reply from the first 5 bytes of the broker's
+    answer; ProtocolError if the peer is not a Conveyor broker."""
+    if head.startswith(b"HTTP/"):
+        raise wire.ProtocolError(f"{where} is an HTTP port, not Conveyor's: {NATIVE_PORT_HINT}")
+    length = int.from_bytes(head[:4], "big")
+    if not 0 < length <= MAX_HELLO_REPLY:
+        raise wire.ProtocolError(
+            f"{where} does not speak Conveyor's native protocol (it answered {head!r}...):"
+            f" {NATIVE_PORT_HINT}"
+        )
+    return length
 
 
 def welcome(frame: list[Any]) -> dict[str, Any]:
     """The server's facts from its reply to hello, or the error it sent."""
-    if frame[0] == wire.ERROR:
+    if frame[0] == wire.ERROR and len(frame) == 4:
         raise error_for_code(frame[2], frame[3])
+    if frame[0] != wire.REPLY or len(frame) != 3 or not isinstance(frame[2], dict):
+        raise wire.ProtocolError(f"unexpected reply to hello: {frame!r:.200}")
     return dict(frame[2])
 
 
-def unreachable(timeout: float, errors: list[str]) -> ConnectionLost:
-    return ConnectionLost(f"cannot reach the broker within {timeout:g}s: " + "; ".join(errors[-3:]))
+# Failures of an attempt that a few words say best, first match wins.
+_REASONS: tuple[tuple[type[BaseException], str], ...] = (
+    (ConnectionRefusedError, "connection refused"),
+    (TimeoutError, "timed out"),
+    (socket.gaierror, "unknown host"),
+    (EOFError, "closed during the handshake"),  # asyncio.IncompleteReadError included
+)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Why one attempt to reach a broker failed, in a few words."""
+    if isinstance(exc, ConveyorError):
+        return exc.message
+    for kind, reason in _REASONS:
+        if isinstance(exc, kind):
+            return reason
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.reason or exc}"
+    text = str(exc.strerror if isinstance(exc, OSError) and exc.strerror else exc)
+    return (text[:1].lower() + text[1:]) or type(exc).__name__
+
+
+def _hint(reasons: list[str]) -> str:
+    """What to check, for these reasons."""
+    if all(r == "unknown host" for r in reasons):
+        return "is the host name right?"
+    if any(r.startswith("TLS:") for r in reasons):
+        return "does the broker serve TLS (conveyors://) with a certificate this client trusts?"
+    if any(r == "closed during the handshake" for r in reasons):
+        return "is `conveyor serve` running there, with TLS only if the URL is conveyors://?"
+    return "is `conveyor serve` running there?"
+
+
+def unreachable(failures: dict[tuple[str, int], str]) -> BrokerUnreachable:
+    where = ", ".join(f"{address(h, p)} ({why})" for (h, p), why in failures.items())
+    return BrokerUnreachable(f"no broker at {where}: {_hint(list(failures.values()))}")
+
+
+class Attempts:
+    """Rounds of attempts over every address until one answers: what failed
+    where, how long one attempt may take, and the pause between rounds.
+    With a deadline, BrokerUnreachable once past it; without one (a client
+    reconnecting in the background), for ever, logging each round."""
+
+    def __init__(self, addresses: list[tuple[str, int]], deadline: float | None) -> None:
+        self.addresses = addresses
+        self.deadline = deadline
+        self.started = time.monotonic()
+        self.failures: dict[tuple[str, int], str] = {}
+        self.rounds = 0
+        self.warned = False
+
+    def attempt_timeout(self) -> float:
+        if self.deadline is None:
+            return ATTEMPT_TIMEOUT
+        return min(ATTEMPT_TIMEOUT, max(0.25, self.deadline - time.monotonic()))
+
+    def failed(self, host: str, port: int, exc: BaseException) -> None:
+        """Note why an address could not be reached; raise what a new attempt
+        cannot mend (a bad token, a peer speaking another protocol)."""
+        if isinstance(exc, wire.ProtocolError | wire.Unauthorized):
+            raise exc
+        self.failures[(host, port)] = failure_reason(exc)
+
+    def pause(self) -> float:
+        """Seconds before the next round, once every address failed."""
+        self.rounds += 1
+        wait = RECONNECT.backoff(self.rounds)
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise unreachable(self.failures)
+            return min(wait, left)
+        down = time.monotonic() - self.started
+        message = unreachable(self.failures).message
+        if down >= DOWN_WARNING and not self.warned:
+            self.warned = True
+            log.warning("no broker for %.0fs: %s (still trying)", down, message)
+        else:
+            log.info("reconnecting: %s; next attempt in %.1fs", message, wait)
+        return wait
+
+    def succeeded(self, host: str, port: int) -> None:
+        if self.deadline is None:
+            down = time.monotonic() - self.started
+            log.info("reconnected to %s after %.1fs", address(host, port), down)
 
 
 RELEASED = "released unhandled: the consumer was closed"
@@ -101,6 +220,7 @@ class NativeTransport:
         name: str = "",
         ssl_context: ssl.SSLContext | None = None,
         timeout: float = 30.0,
+        connect_timeout: float = 1.0,
         heartbeat: float = 2.0,
     ) -> None:
         if not addresses:
@@ -110,19 +230,26 @@ class NativeTransport:
         self.name = name
         self.ssl_context = ssl_context
         self.timeout = timeout
+        self.connect_timeout = connect_timeout
         self.heartbeat = heartbeat
         self.server_info: dict[str, Any] = {}
+        # Whether this client (or its blocking twin) ever reached the broker:
+        # until then a connection is tried for connect_timeout, not timeout.
+        self.connected_once = False
         self._writer: asyncio.StreamWriter | None = None
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._next_rid = 1
         # Subscriptions by id. The client chooses the id and the server pushes
         # under it, so a push that overtakes the `consume` reply still finds
-        # its handler; subscriptions are opened again after a reconnect.
+        # its handler; subscriptions are opened again after a reconnect, but
+        # for those whose first `consume` is still under way (``_opening``).
         self._specs: dict[int, tuple[str, int, PushHandler]] = {}
+        self._opening: set[int] = set()
         self._next_sub = 1
+        self._received = False  # a receive was made: this client consumes
         self._releases: set[asyncio.Task[None]] = set()
         self._connected = asyncio.Event()
-        self._connecting: asyncio.Task[None] | None = None
+        self._connector: asyncio.Task[None] | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._beat_task: asyncio.Task[None] | None = None
         self._last_in = time.monotonic()  # when the broker last sent anything
@@ -132,67 +259,120 @@ class NativeTransport:
     # -- connecting ---------------------------------------------------------
 
     async def connect(self) -> None:
-        await self._ensure_connected()
+        await self._ensure_connected(time.monotonic() + self.timeout)
 
-    async def _ensure_connected(self) -> None:
+    def _consumes(self) -> bool:
+        return bool(self._specs) or self._received
+
+    async def _ensure_connected(self, deadline: float) -> None:
         if self._closed:
             raise BrokerClosed("the client is closed")
         if self._connected.is_set():
             return
-        if self._connecting is None or self._connecting.done():
-            self._connecting = asyncio.get_running_loop().create_task(self._connect_loop())
-        await asyncio.shield(self._connecting)
+        connector = self._start_connecting()
+        try:
+            await asyncio.wait_for(asyncio.shield(connector), max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise ConnectionLost(
+                f"the connection was lost and not regained within {self.timeout:g}s"
+            ) from None
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if self._closed and current is not None and not current.cancelling():
+                raise BrokerClosed("the client is closed") from None  # not our caller's cancel
+            raise
 
-    async def _connect_loop(self) -> None:
-        backoff = Backoff(self.timeout)
-        errors: list[str] = []
+    def _start_connecting(self) -> asyncio.Task[None]:
+        """The one task that (re)connects, started if none runs."""
+        if self._connector is None or self._connector.done():
+            if not self.connected_once:
+                deadline: float | None = time.monotonic() + self.connect_timeout
+            elif self._consumes():
+                deadline = None  # a consumer reconnects for as long as it is open
+            else:
+                deadline = time.monotonic() + self.timeout
+            self._connector = asyncio.get_running_loop().create_task(self._reach(deadline))
+            self._connector.add_done_callback(self._connector_done)
+        return self._connector
+
+    async def _reach(self, deadline: float | None) -> None:
+        attempts = Attempts(self.addresses, deadline)
         while True:
             for host, port in self.addresses:
                 try:
-                    await self._connect_once(host, port)
-                    return
-                except (ConveyorError, OSError, asyncio.IncompleteReadError) as exc:
-                    attempt_failed(errors, host, port, exc)
-            wait = backoff.next()
-            if wait is None:
-                raise unreachable(self.timeout, errors)
-            await asyncio.sleep(wait)
+                    await asyncio.wait_for(
+                        self._connect_once(host, port), attempts.attempt_timeout()
+                    )
+                except (ConveyorError, OSError, EOFError) as exc:
+                    attempts.failed(host, port, exc)
+                    continue
+                attempts.succeeded(host, port)
+                return
+            await asyncio.sleep(attempts.pause())
+
+    def _connector_done(self, task: asyncio.Task[None]) -> None:
+        """A connector that gave up (a token refused after a broker restart,
+        say) ends the subscriptions: their consume loops raise its error."""
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if isinstance(exc, ConveyorError) and not self._closed:
+            specs, self._specs = self._specs, {}
+            for _, _, handler in specs.values():
+                handler(exc)
 
     async def _connect_once(self, host: str, port: int) -> None:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, ssl=self.ssl_context, limit=1 << 20), 5.0
+        reader, writer = await asyncio.open_connection(
+            host, port, ssl=self.ssl_context, limit=1 << 20
         )
         try:
             writer.write(hello(self.token, self.name))
-            frames_reader = wire.FrameReader()
-            frame: list[Any] | None = None
-            while frame is None:
-                chunk = await asyncio.wait_for(reader.read(1 << 16), 5.0)
-                if not chunk:
-                    raise OSError("connection closed during the handshake")
-                frames = frames_reader.feed(chunk)
-                frame = frames[0] if frames else None
-            self.server_info = welcome(frame)
+            head = await reader.readexactly(5)
+            length = hello_reply_length(head, address(host, port))
+            info = welcome(wire.decode(head[4:] + await reader.readexactly(length - 1)))
         except BaseException:
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
             raise
+        self.server_info = info
+        frames = wire.FrameReader(int(info.get("max_frame", wire.DEFAULT_MAX_FRAME)))
         self._writer = writer
         self._generation += 1
-        self._reader_task = asyncio.get_running_loop().create_task(
-            self._read(reader, frames_reader, self._generation)
-        )
-        self._beat_task = asyncio.get_running_loop().create_task(self._beat(self._generation))
+        loop = asyncio.get_running_loop()
+        self._reader_task = loop.create_task(self._read(reader, frames, self._generation))
+        self._beat_task = loop.create_task(self._beat(self._generation))
         self._connected.set()
-        log.debug("connected to %s:%d", host, port)
-        for local in list(self._specs):
-            asyncio.get_running_loop().create_task(self._open_subscription(local))
+        self.connected_once = True
+        log.debug("connected to %s", address(host, port))
+        self._reopen_subscriptions()
 
-    def _lost(self, generation: int, why: str) -> None:
+    def _reopen_subscriptions(self) -> None:
+        """Open the subscriptions again on a new connection. Their `consume`
+        requests are pipelined, not awaited: a failure ends the subscription
+        (its queue was deleted meanwhile, say); a lost connection leaves it
+        to the next one."""
+        for sub, (queue, prefetch, _) in list(self._specs.items()):
+            if sub not in self._opening:
+                args = {"queue": queue, "prefetch": prefetch, "sub": sub}
+                _, future = self._request("consume", args)
+                future.add_done_callback(functools.partial(self._reopened, sub))
+
+    def _reopened(self, sub: int, future: asyncio.Future[Any]) -> None:
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if isinstance(exc, ConveyorError):
+            spec = self._specs.pop(sub, None)
+            if spec is not None:
+                spec[2](exc)
+
+    def _lost(self, generation: int, why: str, error: ConveyorError | None = None) -> None:
+        """The connection of ``generation`` is gone: calls in flight fail with
+        ``error`` (a frame error: never sent again) or are sent again on the
+        next connection; a consumer starts reconnecting at once."""
         if generation != self._generation or not self._connected.is_set():
             return
-        log.info("connection lost: %s", why)
         self._connected.clear()
         if self._writer is not None:
             self._writer.close()
@@ -202,15 +382,24 @@ class NativeTransport:
         pending, self._pending = self._pending, {}
         for future in pending.values():
             if not future.done():
-                future.set_exception(_Lost(why))
+                future.set_exception(error if error is not None else _Lost(why))
+        if self._closed:
+            return
+        if self._consumes():
+            log.info("connection lost: %s; reconnecting", why)
+            self._start_connecting()
+        else:
+            log.info("connection lost: %s", why)
 
     async def close(self) -> None:
         if self._releases:  # hand back what was released before closing
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*self._releases, return_exceptions=True), 1.0)
         self._closed = True
-        if self._connecting is not None:
-            self._connecting.cancel()
+        if self._connector is not None:
+            self._connector.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._connector
         writer = self._writer
         self._lost(self._generation, "closed by the client")
         if writer is not None:  # let the transport finish closing on this loop
@@ -239,16 +428,19 @@ class NativeTransport:
                     self._dispatch(frame)
         except asyncio.CancelledError:
             raise
-        except (TimeoutError, OSError, ConveyorError) as exc:
-            self._lost(generation, repr(exc))
+        except ConveyorError as exc:  # a frame error: the stream cannot be trusted
+            log.warning("connection dropped: %s: %s", exc.code, exc.message)
+            self._lost(generation, f"{exc.code}: {exc.message}", exc)
+        except OSError as exc:
+            self._lost(generation, str(exc) or repr(exc))
 
     def _dispatch(self, frame: list[Any]) -> None:
         kind = frame[0]
         if kind in (wire.REPLY, wire.ERROR):
+            if kind == wire.ERROR and frame[1] == 0:  # about the connection, which ends
+                raise error_for_code(frame[2], frame[3])
             future = self._pending.pop(frame[1], None)
             if future is None or future.done():
-                if kind == wire.ERROR:
-                    log.warning("broker: %s: %s", frame[2], frame[3])
                 return
             if kind == wire.REPLY:
                 future.set_result(frame[2])
@@ -303,8 +495,10 @@ class NativeTransport:
     async def call(self, op: str, args: dict[str, Any]) -> Any:
         """One request; sent again on a new connection if this one dies."""
         deadline = time.monotonic() + self.timeout
+        if op == "receive":
+            self._received = True
         while True:
-            await self._ensure_connected()
+            await self._ensure_connected(deadline)
             try:
                 return await self._send(op, args)
             except _Lost as exc:
@@ -314,49 +508,51 @@ class NativeTransport:
                     ) from None
 
     async def _send(self, op: str, args: dict[str, Any]) -> Any:
-        writer = self._writer
-        if writer is None:
-            raise _Lost("not connected")
-        rid = self._next_rid
-        self._next_rid += 1
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[rid] = future
-        writer.write(wire.request(rid, op, args))
-        if writer.transport.get_write_buffer_size() > 1 << 20:
-            await writer.drain()
+        rid, future = self._request(op, args)
         try:
+            writer = self._writer
+            if writer is not None and writer.transport.get_write_buffer_size() > 1 << 20:
+                try:
+                    await writer.drain()
+                except OSError as exc:
+                    raise _Lost(str(exc) or repr(exc)) from None
             return await future
         finally:
             self._pending.pop(rid, None)
 
+    def _request(self, op: str, args: dict[str, Any]) -> tuple[int, asyncio.Future[Any]]:
+        """Write one request; the future of its reply. A request over the
+        broker's limits raises here, unsent."""
+        writer = self._writer
+        if writer is None:
+            raise _Lost("not connected")
+        check_request(op, args, self.server_info)
+        rid = self._next_rid
+        data = wire.request(rid, op, args)
+        check_frame(op, len(data) - 4, self.server_info)
+        self._next_rid += 1
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = future
+        writer.write(data)
+        return rid, future
+
     async def subscribe(self, queue: str, prefetch: int, handler: PushHandler) -> int:
         """Have deliveries of ``queue`` pushed to ``handler``, at most
         ``prefetch`` unsettled at once; the subscription's id."""
-        # Connect first: a new connection opens every registered subscription
-        # itself, and this one would then be opened twice.
-        await self._ensure_connected()
         sub = self._next_sub
         self._next_sub += 1
         self._specs[sub] = (queue, prefetch, handler)
+        # Until its first `consume` is answered, a new connection does not
+        # open this subscription: the call below sends it again itself.
+        self._opening.add(sub)
         try:
-            await self._open_subscription(sub, raise_errors=True)
+            await self.call("consume", {"queue": queue, "prefetch": prefetch, "sub": sub})
         except BaseException:
             self._specs.pop(sub, None)
             raise
+        finally:
+            self._opening.discard(sub)
         return sub
-
-    async def _open_subscription(self, sub: int, *, raise_errors: bool = False) -> None:
-        spec = self._specs.get(sub)
-        if spec is None:
-            return
-        queue, prefetch, handler = spec
-        try:
-            await self.call("consume", {"queue": queue, "prefetch": prefetch, "sub": sub})
-        except ConveyorError as exc:
-            if raise_errors:
-                raise
-            self._specs.pop(sub, None)
-            handler(exc)
 
     async def unsubscribe(self, sub: int) -> None:
         """End a subscription; deliveries still on their way are released."""

@@ -113,7 +113,10 @@ class Delivery:
 
 class Client:
     """A connection to a broker (``conveyor://``) or an embedded one
-    (``sqlite:///file.db``, ``memory://``). Blocking: each call waits for its reply."""
+    (``sqlite:///file.db``, ``memory://``). ``connect_timeout``: seconds a
+    client that has not reached its broker yet tries every address before it
+    raises BrokerUnreachable; ``timeout``: seconds a call whose connection
+    was lost waits for a new one. Blocking: each call waits for its reply."""
 
     def __init__(
         self,
@@ -121,9 +124,12 @@ class Client:
         *,
         name: str = "",
         timeout: float = 30.0,
+        connect_timeout: float = 1.0,
         token: str | None = None,
     ) -> None:
-        self._async = aio.AsyncClient(url, name=name, timeout=timeout, token=token)
+        self._async = aio.AsyncClient(
+            url, name=name, timeout=timeout, connect_timeout=connect_timeout, token=token
+        )
         self._portal = Portal()
         # Calls that hold no lease: against a remote broker, on a twin of
         # the client over blocking sockets, run in the calling thread.

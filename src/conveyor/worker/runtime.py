@@ -19,6 +19,13 @@ frozen), the task is told so (``current_task().lease_lost``), the process
 pool stops it, and its outcome is discarded: the broker has given, or will
 give, the message to another worker, and only one of them may commit.
 
+The broker: a worker started where no broker answers says so (a WARNING
+naming the address and what to check) and keeps trying, with capped
+backoff, until one answers or a signal stops it. Once connected, its client
+reconnects by itself whenever the connection is lost (conveyor.client.native):
+a broker restarted, or a node of a cluster gone, is found again within
+seconds, and the subscriptions opened again.
+
 Shutdown: the first SIGTERM/SIGINT stops taking work, gives prefetched
 messages that have not started (the backlog) back at once, and waits up to ``grace``
 seconds for running tasks; a second signal exits at once (the broker
@@ -41,8 +48,9 @@ import time
 from typing import Any
 
 from conveyor.client.aio import AsyncClient, Delivery
+from conveyor.client.native import RECONNECT, ConnectionLost
 from conveyor.core import eventloop
-from conveyor.core.errors import ConveyorError, LeaseLost
+from conveyor.core.errors import ConveyorError, LeaseLost, QueueNotFound
 from conveyor.worker.app import TASK_HEADER, App
 from conveyor.worker.context import TaskContext
 from conveyor.worker.leases import LeaseKeeper
@@ -133,11 +141,14 @@ class Worker:
 
     async def run(self) -> None:
         client = self.client = AsyncClient(self.app.url, name=self.name)
-        await client.connect()
+        try:
+            if not await self._reach_broker(client):
+                return  # stopped before a broker answered
+        except BaseException:
+            await client.close()
+            raise
         await self.pool.start()
         try:
-            for queue in self.queues:
-                await client.create_queue(queue)
             share, extra = divmod(self.prefetch, len(self.queues))
             consumers = [
                 asyncio.create_task(self._consume(client, q, max(1, share + (i < extra))))
@@ -161,6 +172,31 @@ class Worker:
             await self.pool.close()
             await client.close()
             log.info("%s: stopped after %d tasks", self.name, self.completed)
+
+    async def _reach_broker(self, client: AsyncClient) -> bool:
+        """Connect and declare the queues, trying again (with capped backoff)
+        for as long as no broker answers: a worker outlives its broker. Once
+        connected, the client reconnects by itself. False if stopped first."""
+        attempt = 0
+        while not self._stopping.is_set():
+            try:
+                await client.connect()
+                for queue in self.queues:
+                    await client.create_queue(queue)
+            except ConnectionLost as exc:  # BrokerUnreachable included
+                attempt += 1
+                wait = RECONNECT.backoff(attempt)
+                if attempt == 1:
+                    log.warning("%s: %s (trying again until it answers)", self.name, exc.message)
+                else:
+                    log.info("%s: still no broker; next attempt in %.1fs", self.name, wait)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), wait)
+                continue
+            if attempt:
+                log.info("%s: the broker answered", self.name)
+            return True
+        return False
 
     async def _drain(self) -> None:
         if not self._tasks:
@@ -187,6 +223,11 @@ class Worker:
                         self._backlog.append((delivery, time.monotonic()))
             except asyncio.CancelledError:
                 raise
+            except QueueNotFound:  # deleted, or a broker restarted without its data
+                log.warning("%s: queue %s is gone; declaring it again", self.name, queue)
+                with contextlib.suppress(ConveyorError):
+                    await client.create_queue(queue)
+                await asyncio.sleep(1.0)
             except ConveyorError as exc:
                 log.warning("%s: consuming %s failed (%s); again in 1s", self.name, queue, exc)
                 await asyncio.sleep(1.0)
