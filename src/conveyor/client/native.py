@@ -151,9 +151,12 @@ def _hint(reasons: list[str]) -> str:
     return "is `conveyor serve` running there?"
 
 
+def _where(failures: dict[tuple[str, int], str]) -> str:
+    return ", ".join(f"{address(h, p)} ({why})" for (h, p), why in failures.items())
+
+
 def unreachable(failures: dict[tuple[str, int], str]) -> BrokerUnreachable:
-    where = ", ".join(f"{address(h, p)} ({why})" for (h, p), why in failures.items())
-    return BrokerUnreachable(f"no broker at {where}: {_hint(list(failures.values()))}")
+    return BrokerUnreachable(f"no broker at {_where(failures)}: {_hint(list(failures.values()))}")
 
 
 class Attempts:
@@ -192,12 +195,14 @@ class Attempts:
                 raise unreachable(self.failures)
             return min(wait, left)
         down = time.monotonic() - self.started
-        message = unreachable(self.failures).message
         if down >= DOWN_WARNING and not self.warned:
             self.warned = True
+            message = unreachable(self.failures).message
             log.warning("no broker for %.0fs: %s (still trying)", down, message)
         else:
-            log.info("reconnecting: %s; next attempt in %.1fs", message, wait)
+            log.info(
+                "reconnecting: no broker at %s; next attempt in %.1fs", _where(self.failures), wait
+            )
         return wait
 
     def succeeded(self, host: str, port: int) -> None:
