@@ -19,8 +19,8 @@ does not wait for a call: a task of its own reconnects in the background for
 as long as the client is open, logging each attempt (INFO), once a WARNING
 when the broker has been gone for ``DOWN_WARNING`` seconds, and INFO when it
 is back; its subscriptions are then opened again. Deliveries received on the
-old connection can no longer be settled (their session ended and released
-them).
+old connection were released when its session ended: settling one succeeds
+only while its token is still current.
 
 Limits. Every request is checked against the limits the broker announced in
 its hello reply before it is sent (limits.py), and frames are read up to the
@@ -275,8 +275,11 @@ class NativeTransport:
         if self._connected.is_set():
             return
         connector = self._start_connecting()
+        # A first connection is bounded by connect_timeout, in the connector:
+        # its BrokerUnreachable says more than a call running out of time.
+        wait = max(0.0, deadline - time.monotonic()) if self.connected_once else None
         try:
-            await asyncio.wait_for(asyncio.shield(connector), max(0.0, deadline - time.monotonic()))
+            await asyncio.wait_for(asyncio.shield(connector), wait)
         except TimeoutError:
             raise ConnectionLost(
                 f"the connection was lost and not regained within {self.timeout:g}s"
@@ -292,7 +295,7 @@ class NativeTransport:
         if self._connector is None or self._connector.done():
             if not self.connected_once:
                 deadline: float | None = time.monotonic() + self.connect_timeout
-            elif self._consumes():
+            elif self._consumes() and self._generation > 0:
                 deadline = None  # a consumer reconnects for as long as it is open
             else:
                 deadline = time.monotonic() + self.timeout
