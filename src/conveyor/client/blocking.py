@@ -9,19 +9,22 @@ kernel wakes it when the reply arrives.
 
 ``BlockingCalls`` keeps a pool of connections, one per thread calling at the
 same moment (a connection carries one call at a time), made as they are
-needed and reused. Like ``NativeTransport``, a call whose connection is lost
-is sent again on a new one (tried with backoff over every address for up to
-``timeout`` seconds): enqueues carry an idempotency key, so a retry is not
-stored twice. While it waits for a reply, a connection sends a heartbeat
-every half interval (a ``result`` may wait many seconds) and gives up on a
-broker silent for three. The broker closes a connection silent for three
-heartbeat intervals: a daemon thread sends a heartbeat every half interval
-on the connections idle that long (and reads the broker's off them), so a
-producer that calls now and then keeps its connection (the spares of a
-burst of parallel callers are closed after ``SPARE_IDLE`` seconds without a
-call); one idle for two intervals all the same (the keeper could not run)
-is replaced instead of being found dead. Connections made before a ``fork`` are not used in the
-child.
+needed and reused. Like ``NativeTransport``, it tries every address with
+backoff, for ``connect_timeout`` seconds until the client first connected
+(then BrokerUnreachable), and checks requests against the broker's limits
+before sending them; a call whose connection is lost is sent again on a new
+one (for up to ``timeout`` seconds): enqueues carry an idempotency key, so a
+retry is not stored twice, and an error about the connection itself (a frame
+the broker could not read) is raised, never sent again. While it waits for a
+reply, a connection sends a heartbeat every half interval (a ``result`` may
+wait many seconds) and gives up on a broker silent for three. The broker
+closes a connection silent for three heartbeat intervals: a daemon thread
+sends a heartbeat every half interval on the connections idle that long (and
+reads the broker's off them), so a producer that calls now and then keeps
+its connection (the spares of a burst of parallel callers are closed after
+``SPARE_IDLE`` seconds without a call); one idle for two intervals all the
+same (the keeper could not run) is replaced instead of being found dead.
+Connections made before a ``fork`` are not used in the child.
 
 ``InlineCalls`` is the same as an awaitable transport for ``AsyncClient``:
 its ``call`` never suspends, so a coroutine of the client made over it runs
