@@ -7,7 +7,8 @@ raise BodyTooLarge or InvalidArgument naming the limit, the connection
 carries on, and the broker never saw them. Against a recording stub that
 announces small limits: not a byte of such a request is sent, and a frame
 error from the broker (error frame with request id 0) fails the call with
-that typed error, once, never sent again.
+that typed error, once, never sent again; any other error about the
+connection leaves the call to be sent again.
 """
 
 from __future__ import annotations
@@ -149,6 +150,9 @@ class StubBroker:
         if self.answer == "oversized-reply":
             conn.sendall(wire.reply(rid, "x" * 2 * LIMITS["max_frame"]))
             return False
+        if self.answer == "closing-once" and len(self.requests) % 2 == 1:
+            conn.sendall(wire.encode((wire.ERROR, 0, "broker_closed", "shutting down")))
+            return False
         conn.sendall(wire.reply(rid, [{"id": "1", "duplicate": False}]))
         return True
 
@@ -217,5 +221,24 @@ def test_a_frame_error_is_never_a_reason_to_send_again(answer: str) -> None:
 
         asyncio.run(scenario())
         assert len(broker.requests) == 2
+    finally:
+        broker.close()
+
+
+def test_another_connection_error_sends_the_call_again() -> None:
+    """An error with request id 0 that is not a frame error (the broker
+    closing, say) is only logged: the call is sent again on a new connection."""
+    broker = StubBroker("closing-once")
+    try:
+        with conveyor.Client(broker.url, timeout=5) as client:
+            assert client.enqueue("q", b"twice").id == "1"
+        assert len(broker.requests) == 2
+
+        async def scenario() -> None:
+            async with conveyor.AsyncClient(broker.url, timeout=5) as client:
+                assert (await client.enqueue("q", b"twice")).id == "1"
+
+        asyncio.run(scenario())
+        assert len(broker.requests) == 4
     finally:
         broker.close()

@@ -52,6 +52,7 @@ from conveyor.client.native import (
     ConnectionLost,
     NativeTransport,
     address,
+    connection_error,
     hello,
     hello_reply_length,
     welcome,
@@ -167,8 +168,10 @@ class _Connection:
                 raise Lost("closed by the broker")
             heard = time.monotonic()
             for frame in self.frames.feed(chunk):
-                if frame[0] in (wire.REPLY, wire.ERROR) and frame[1] in (rid, 0):
-                    return frame  # rid 0: about the connection, which ends
+                if frame[0] == wire.ERROR and frame[1] == 0:  # about the connection
+                    connection_error(frame)  # a frame error is raised: never sent again
+                elif frame[0] in (wire.REPLY, wire.ERROR) and frame[1] == rid:
+                    return frame
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -220,10 +223,7 @@ class BlockingCalls:
             except BaseException:
                 conn.close()  # a reply may still come on it: never reuse it
                 raise
-            if frame[1] == 0:  # the broker refused the connection itself
-                conn.close()
-            else:
-                self._give_back(conn)
+            self._give_back(conn)
             if frame[0] == wire.REPLY:
                 return frame[2]
             raise error_for_code(frame[2], frame[3])

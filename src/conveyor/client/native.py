@@ -159,6 +159,17 @@ def unreachable(failures: dict[tuple[str, int], str]) -> BrokerUnreachable:
     return BrokerUnreachable(f"no broker at {_where(failures)}: {_hint(list(failures.values()))}")
 
 
+def connection_error(frame: list[Any]) -> None:
+    """An error frame with request id 0: raise a frame error (the broker
+    could not read what this side sent: the stream is lost, and the calls in
+    flight must not be sent again); anything else is only logged (the broker
+    closes the connection if it must, and the calls are sent again)."""
+    error = error_for_code(frame[2], frame[3])
+    if isinstance(error, wire.ProtocolError):
+        raise error
+    log.warning("broker: %s: %s", error.code, error.message)
+
+
 class Attempts:
     """Rounds of attempts over every address until one answers: what failed
     where, how long one attempt may take, and the pause between rounds.
@@ -445,8 +456,9 @@ class NativeTransport:
     def _dispatch(self, frame: list[Any]) -> None:
         kind = frame[0]
         if kind in (wire.REPLY, wire.ERROR):
-            if kind == wire.ERROR and frame[1] == 0:  # about the connection, which ends
-                raise error_for_code(frame[2], frame[3])
+            if kind == wire.ERROR and frame[1] == 0:  # about the connection
+                connection_error(frame)
+                return
             future = self._pending.pop(frame[1], None)
             if future is None or future.done():
                 return
