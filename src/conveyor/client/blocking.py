@@ -45,18 +45,18 @@ import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from conveyor.client.limits import check_frame, check_request
-from conveyor.client.native import (
+from conveyor.client.connecting import (
     RECONNECT,
     Attempts,
     ConnectionLost,
-    NativeTransport,
     address,
     connection_error,
     hello,
     hello_reply_length,
     welcome,
 )
+from conveyor.client.limits import check_frame, check_request
+from conveyor.client.native import NativeTransport
 from conveyor.core import wire
 from conveyor.core.errors import BrokerClosed, ConveyorError, error_for_code
 

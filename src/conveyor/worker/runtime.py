@@ -48,7 +48,7 @@ import time
 from typing import Any
 
 from conveyor.client.aio import AsyncClient, Delivery
-from conveyor.client.native import RECONNECT, ConnectionLost
+from conveyor.client.connecting import RECONNECT, ConnectionLost
 from conveyor.core import eventloop
 from conveyor.core.errors import ConveyorError, LeaseLost, QueueNotFound
 from conveyor.worker.app import TASK_HEADER, App
