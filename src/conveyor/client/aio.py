@@ -132,10 +132,13 @@ class AsyncClient:
         *,
         name: str = "",
         timeout: float = 30.0,
+        connect_timeout: float = 1.0,
         token: str | None = None,
     ) -> None:
         self.url = resolve(url)
-        self._transport: Any = open_transport(self.url, name=name, timeout=timeout, token=token)
+        self._transport: Any = open_transport(
+            self.url, name=name, timeout=timeout, connect_timeout=connect_timeout, token=token
+        )
         self._batches: dict[
             str, tuple[list[dict[str, Any]], list[asyncio.Future[dict[str, Any]]]]
         ] = {}

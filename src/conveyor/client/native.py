@@ -101,6 +101,7 @@ class NativeTransport:
         name: str = "",
         ssl_context: ssl.SSLContext | None = None,
         timeout: float = 30.0,
+        connect_timeout: float = 1.0,
         heartbeat: float = 2.0,
     ) -> None:
         if not addresses:
@@ -110,6 +111,7 @@ class NativeTransport:
         self.name = name
         self.ssl_context = ssl_context
         self.timeout = timeout
+        self.connect_timeout = connect_timeout
         self.heartbeat = heartbeat
         self.server_info: dict[str, Any] = {}
         self._writer: asyncio.StreamWriter | None = None
@@ -144,7 +146,10 @@ class NativeTransport:
         await asyncio.shield(self._connecting)
 
     async def _connect_loop(self) -> None:
-        backoff = Backoff(self.timeout)
+        # The first connection has connect_timeout; a lost one is sought
+        # again for the whole timeout.
+        budget = self.timeout if self._generation else self.connect_timeout
+        backoff = Backoff(budget)
         errors: list[str] = []
         while True:
             for host, port in self.addresses:
@@ -155,7 +160,7 @@ class NativeTransport:
                     attempt_failed(errors, host, port, exc)
             wait = backoff.next()
             if wait is None:
-                raise unreachable(self.timeout, errors)
+                raise unreachable(budget, errors)
             await asyncio.sleep(wait)
 
     async def _connect_once(self, host: str, port: int) -> None:

@@ -121,9 +121,12 @@ class Client:
         *,
         name: str = "",
         timeout: float = 30.0,
+        connect_timeout: float = 1.0,
         token: str | None = None,
     ) -> None:
-        self._async = aio.AsyncClient(url, name=name, timeout=timeout, token=token)
+        self._async = aio.AsyncClient(
+            url, name=name, timeout=timeout, connect_timeout=connect_timeout, token=token
+        )
         self._portal = Portal()
         # Calls that hold no lease: against a remote broker, on a twin of
         # the client over blocking sockets, run in the calling thread.

@@ -55,7 +55,12 @@ def parse_addresses(netloc: str) -> list[tuple[str, int]]:
 
 
 def open_transport(
-    url: str, *, name: str = "", timeout: float = 30.0, token: str | None = None
+    url: str,
+    *,
+    name: str = "",
+    timeout: float = 30.0,
+    connect_timeout: float = 1.0,
+    token: str | None = None,
 ) -> Any:
     """The transport for a URL (not yet connected)."""
     parsed = urllib.parse.urlsplit(url)
@@ -76,6 +81,7 @@ def open_transport(
             name=name,
             ssl_context=context,
             timeout=timeout,
+            connect_timeout=connect_timeout,
         )
     if scheme in ("sqlite", "memory"):
         from conveyor.client.embedded import EmbeddedTransport
