@@ -338,8 +338,8 @@ def _worker_parser(sub: Subparsers) -> None:
     w.add_argument(
         "--token",
         default=None,
-        help="the broker's auth token, for the worker and the clients of its tasks"
-        " (default: the URL's, else $CONVEYOR_TOKEN, else none)",
+        help="the broker's auth token, for the worker and the clients its tasks make;"
+        " a token in the URL comes first (default: $CONVEYOR_TOKEN, else none)",
     )
     w.add_argument(
         "--log-level",

@@ -75,6 +75,9 @@ def client_command(fn: Command) -> Callable[[argparse.Namespace], int]:
         except ConveyorError as exc:
             print(error_line(exc), file=sys.stderr)
             return 1
+        except OSError as exc:  # e.g. a TLS certificate (?ca=) that cannot be read
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
 
     return run
 

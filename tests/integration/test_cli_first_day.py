@@ -126,12 +126,15 @@ def test_errors_the_broker_answers_are_one_line_with_their_code(
     )
 
 
-def test_a_bad_url_is_one_line() -> None:
+def test_a_bad_url_is_one_line(tmp_path: Path) -> None:
     done = cli("queues", url="nonsense://x")
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1 and done.stderr.startswith(
         "error: invalid_argument: unsupported broker URL 'nonsense://x'"
     ), done.stderr
+    no_ca = cli("queues", url=f"conveyors://127.0.0.1:{free_port()}?ca={tmp_path}/missing.pem")
+    assert no_ca.returncode == 1
+    assert no_ca.stderr.count("\n") == 1 and no_ca.stderr.startswith("error: "), no_ca.stderr
 
 
 # -- send: bodies from standard input or a file ----------------------------------------
