@@ -1,4 +1,5 @@
-"""The ``conveyor`` command: run a broker, and look at or poke its queues."""
+"""The ``conveyor`` command: run a broker or a worker; the commands that
+look at or poke a broker's queues are in cli_commands.py."""
 
 from __future__ import annotations
 
@@ -6,12 +7,12 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
-import time
-from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from conveyor.cli_commands import Subparsers, add_client_parsers, positive_seconds
 from conveyor.core import eventloop
 from conveyor.core.errors import ConveyorError, InvalidArgument
 
@@ -47,6 +48,23 @@ def setup_logging(level: str, fmt: str) -> None:
 # -- serve ----------------------------------------------------------------------
 
 
+def serve_token(args: argparse.Namespace) -> tuple[str | None, str]:
+    """The token ``serve`` requires, and where it came from: --token,
+    --token-file, else $CONVEYOR_TOKEN (empty: unset)."""
+    from conveyor.server.service import read_token_file
+
+    if args.token is not None:
+        if args.token_file is not None:
+            raise InvalidArgument("--token and --token-file: give one of them")
+        if not args.token:
+            raise InvalidArgument("--token is empty")
+        return args.token, "--token"
+    if args.token_file is not None:
+        return read_token_file(args.token_file), f"--token-file {args.token_file}"
+    token = os.environ.get("CONVEYOR_TOKEN")
+    return (token, "CONVEYOR_TOKEN") if token else (None, "")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from conveyor.server.service import Service, ServiceOptions
 
@@ -58,6 +76,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             args.heartbeat,
         )
         return 2
+    try:
+        token, token_source = serve_token(args)
+    except ConveyorError as exc:
+        log.error("%s", exc.message)
+        return 2
     options = ServiceOptions(
         data=Path(args.data),
         store_url=args.store,
@@ -65,11 +88,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         http_port=None if args.http_port < 0 else args.http_port,
         durability=args.durability,
-        token=args.token,
+        token=token,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         heartbeat=args.heartbeat,
         session_timeout=args.session_timeout,
+        token_source=token_source,
+        insecure=args.insecure,
     )
 
     async def main() -> None:
@@ -101,6 +126,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except ValueError as exc:
         log.error("%s", exc)
         return 2
+    if args.token is not None:
+        # Through the environment, the token reaches every client of the
+        # process: the worker's, and those its tasks make (task.delay), in the
+        # process pool's children too.
+        os.environ["CONVEYOR_TOKEN"] = args.token
     try:
         run_worker(
             args.app,
@@ -156,246 +186,168 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- client commands --------------------------------------------------------------
-
-
-def _client_command(
-    fn: Callable[[Any, argparse.Namespace], Awaitable[int]],
-) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        from conveyor.client.aio import AsyncClient
-
-        async def main() -> int:
-            async with AsyncClient(args.url, name="conveyor-cli", timeout=args.timeout) as client:
-                return await fn(client, args)
-
-        try:
-            return asyncio.run(main())
-        except ConveyorError as exc:
-            print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
-            return 1
-
-    return run
-
-
-async def _send(client: Any, args: argparse.Namespace) -> int:
-    result = await client.enqueue(
-        args.queue,
-        args.body,
-        priority=args.priority,
-        delay=args.delay,
-        group=args.group,
-        dedup_key=args.dedup_key,
-    )
-    print(result.id + (" (duplicate)" if result.duplicate else ""))
-    return 0
-
-
-async def _receive(client: Any, args: argparse.Namespace) -> int:
-    got = await client.receive(args.queue, max=args.max, wait=args.wait)
-    for d in got:
-        body = bytes(d.body).decode(errors="replace")
-        print(json.dumps({"id": d.id, "attempts": d.attempts, "token": d.token, "body": body}))
-        if args.ack:
-            await d.ack()
-    if not got:
-        print("(no message)", file=sys.stderr)
-    return 0
-
-
-async def _queues(client: Any, args: argparse.Namespace) -> int:
-    rows = [("QUEUE", "READY", "SCHEDULED", "LEASED", "DEAD", "CONSUMERS", "OLDEST")]
-    for q in await client.queues():
-        s = await client.stats(q.name)
-        age = "-" if s.oldest_ready_age is None else f"{s.oldest_ready_age:.1f}s"
-        rows.append(
-            (
-                q.name,
-                str(s.ready),
-                str(s.scheduled),
-                str(s.leased),
-                str(s.dead),
-                str(s.consumers),
-                age,
-            )
-        )
-    _table(rows)
-    return 0
-
-
-async def _stats(client: Any, args: argparse.Namespace) -> int:
-    names = [args.queue] if args.queue else [q.name for q in await client.queues()]
-    previous: dict[str, Any] = {}
-    while True:
-        rows = [
-            (
-                "QUEUE",
-                "READY",
-                "SCHEDULED",
-                "LEASED",
-                "DEAD",
-                "ENQUEUED/s",
-                "ACKED/s",
-                "ENQUEUED",
-                "ACKED",
-            )
-        ]
-        now = time.monotonic()
-        for name in names:
-            s = await client.stats(name)
-            rate_in = rate_out = "-"
-            if name in previous:
-                t0, p = previous[name]
-                dt = max(now - t0, 1e-6)
-                rate_in = f"{(s.enqueued_total - p.enqueued_total) / dt:.0f}"
-                rate_out = f"{(s.acked_total - p.acked_total) / dt:.0f}"
-            previous[name] = (now, s)
-            rows.append((name, str(s.ready), str(s.scheduled), str(s.leased), str(s.dead),
-                         rate_in, rate_out, str(s.enqueued_total), str(s.acked_total)))  # fmt: skip
-        if args.watch:
-            print("\x1b[2J\x1b[H" + time.strftime("%H:%M:%S"), end="\n")
-        _table(rows)
-        if not args.watch:
-            return 0
-        await asyncio.sleep(args.interval)
-
-
-async def _dlq(client: Any, args: argparse.Namespace) -> int:
-    if args.action == "redrive":
-        print(f"redriven: {await client.redrive(args.queue)}")
-        return 0
-    for m in await client.dead_letters(args.queue, limit=args.limit):
-        body = bytes(m.body).decode(errors="replace")
-        print(
-            json.dumps(
-                {
-                    "id": m.id,
-                    "attempts": m.attempts,
-                    "reason": m.dead_reason,
-                    "error": m.last_error,
-                    "body": body,
-                }
-            )
-        )
-    return 0
-
-
-async def _purge(client: Any, args: argparse.Namespace) -> int:
-    print(f"purged: {await client.purge(args.queue)}")
-    return 0
-
-
-async def _create(client: Any, args: argparse.Namespace) -> int:
-    settings: dict[str, Any] = {}
-    for pair in args.set or []:
-        key, sep, value = pair.partition("=")
-        try:
-            if not sep or not key:
-                raise ValueError("KEY=JSON expected")
-            settings[key] = json.loads(value)
-        except ValueError as exc:
-            raise InvalidArgument(
-                f"--set {pair!r}: {exc} (KEY=JSON, e.g. max_attempts=3)"
-            ) from None
-    config = await client.create_queue(args.queue, **settings)
-    print(json.dumps({f: getattr(config, f) for f in config.__struct_fields__}))
-    return 0
-
-
-def _table(rows: Sequence[tuple[str, ...]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print(
-            "  ".join(
-                cell.ljust(w) if i == 0 else cell.rjust(w)
-                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-            )
-        )
-
-
 # -- the parser ----------------------------------------------------------------------
 
 
-Subparsers = Any  # argparse's _SubParsersAction is private
-
-
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="conveyor", description="A durable message and task queue.")
-    sub = p.add_subparsers(dest="command", required=True)
+    from conveyor import __version__
+
+    p = argparse.ArgumentParser(
+        prog="conveyor",
+        description="A durable message and task queue. `conveyor COMMAND --help` tells more.",
+    )
+    p.add_argument("--version", action="version", version=f"conveyor {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _serve_parser(sub)
     _worker_parser(sub)
     _demo_parser(sub)
     _migrate_parser(sub)
-    _client_parsers(sub)
+    add_client_parsers(sub)
     return p
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
-    return value
-
-
 def _serve_parser(sub: Subparsers) -> None:
-    s = sub.add_parser("serve", help="run a broker")
-    s.add_argument("--data", default="conveyor-data", help="directory of the embedded SQLite store")
+    s = sub.add_parser(
+        "serve",
+        help="run a broker",
+        description="Run a broker: the native protocol and the HTTP API over one store."
+        " On an address other than loopback it requires a token (docs/security.md).",
+    )
+    s.add_argument(
+        "--data",
+        default="conveyor-data",
+        help="directory of the embedded SQLite store (default conveyor-data)",
+    )
     s.add_argument(
         "--store",
         default=None,
         help="store URL instead of --data: sqlite:///file.db, memory://, or"
-        " postgresql://user@host/db?schema=NAME (several nodes may share one)",
+        " postgresql://user@host/db?schema=NAME (several nodes may share one)"
+        " (default: none, the SQLite store in --data)",
     )
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=7710, help="native protocol port (0: any free)")
     s.add_argument(
-        "--http-port", type=int, default=7711, help="HTTP API port (0: any free, -1: no HTTP API)"
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; another than loopback needs a token"
+        " or --insecure)",
     )
-    s.add_argument("--durability", choices=("fsync", "os", "memory"), default="fsync")
     s.add_argument(
-        "--heartbeat", type=_positive, default=2.0, help="seconds between heartbeats (default 2)"
+        "--port", type=int, default=7710, help="native protocol port (default 7710; 0: any free)"
+    )
+    s.add_argument(
+        "--http-port",
+        type=int,
+        default=7711,
+        help="HTTP API port (default 7711; 0: any free, -1: no HTTP API)",
+    )
+    s.add_argument(
+        "--durability",
+        choices=("fsync", "os", "memory"),
+        default="fsync",
+        help="what a reply survives: fsync power loss, os a killed broker, memory nothing"
+        " (default fsync)",
+    )
+    s.add_argument(
+        "--heartbeat",
+        type=positive_seconds,
+        default=2.0,
+        help="seconds between heartbeats (default 2)",
     )
     s.add_argument(
         "--session-timeout",
-        type=_positive,
+        type=positive_seconds,
         default=10.0,
         help="seconds a consumer may stay silent before its leases are released (default 10)",
     )
-    s.add_argument("--token", default=None, help="require this auth token from clients")
-    s.add_argument("--tls-cert", type=Path, default=None)
-    s.add_argument("--tls-key", type=Path, default=None)
-    s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    s.add_argument("--log-format", default="text", choices=("text", "json"))
+    s.add_argument(
+        "--token",
+        default=None,
+        help="require this auth token from clients (default: $CONVEYOR_TOKEN, else none);"
+        " ps shows it: --token-file or $CONVEYOR_TOKEN do not",
+    )
+    s.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        help="read the token from this file, one line (default: none)",
+    )
+    s.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve without a token on an address other than loopback",
+    )
+    s.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=None,
+        help="TLS certificate (PEM) of both ports, with --tls-key (default: no TLS)",
+    )
+    s.add_argument(
+        "--tls-key", type=Path, default=None, help="private key (PEM) of --tls-cert (default: none)"
+    )
+    s.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="(default info)",
+    )
+    s.add_argument("--log-format", default="text", choices=("text", "json"), help="(default text)")
     s.set_defaults(func=cmd_serve)
 
 
 def _worker_parser(sub: Subparsers) -> None:
-    w = sub.add_parser("worker", help="run tasks of an app")
-    w.add_argument("app", help="the app to import, module:attribute")
+    w = sub.add_parser(
+        "worker",
+        help="run tasks of an app",
+        description="Run the tasks of a conveyor.App: receive their messages, run them, and"
+        " settle each (acknowledged, retried after a backoff, or dead-lettered). A broker"
+        " that is not there yet, or goes away, is waited for.",
+    )
+    w.add_argument(
+        "app",
+        help="the app: module:attribute (tasks:app), or module alone for its attribute `app`;"
+        " the module is imported from the current directory or PYTHONPATH",
+    )
     w.add_argument(
         "--queues", default=None, help="comma-separated queues (default: the app's tasks' queues)"
     )
-    w.add_argument("--concurrency", type=int, default=4, help="tasks run at once")
+    w.add_argument("--concurrency", type=int, default=4, help="tasks run at once (default 4)")
     w.add_argument(
         "--prefetch",
         type=int,
         default=None,
         help="messages held at once, running or waiting to start (default: the concurrency)",
     )
-    w.add_argument("--pool", choices=("threads", "processes", "async"), default="threads")
     w.add_argument(
-        "--grace", type=float, default=30.0, help="seconds running tasks get to finish on SIGTERM"
+        "--pool",
+        choices=("threads", "processes", "async"),
+        default="threads",
+        help="where tasks run (default threads)",
+    )
+    w.add_argument(
+        "--grace",
+        type=float,
+        default=30.0,
+        help="seconds running tasks get to finish on SIGTERM (default 30)",
     )
     w.add_argument(
         "--url",
         default=None,
         help="broker URL (default: the app's, $CONVEYOR_URL, conveyor://127.0.0.1:7710)",
     )
-    w.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    w.add_argument("--log-format", default="text", choices=("text", "json"))
+    w.add_argument(
+        "--token",
+        default=None,
+        help="the broker's auth token, for the worker and the clients its tasks make;"
+        " a token in the URL comes first (default: $CONVEYOR_TOKEN, else none)",
+    )
+    w.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="(default info)",
+    )
+    w.add_argument("--log-format", default="text", choices=("text", "json"), help="(default text)")
     w.set_defaults(func=cmd_worker)
 
 
@@ -415,69 +367,28 @@ def _demo_parser(sub: Subparsers) -> None:
     )
     d.add_argument("--shops", type=int, default=3, help="shop workers, at least 2 (default 3)")
     d.add_argument("--no-live", action="store_true", help="plain progress lines, no live view")
-    d.add_argument("--seed", type=int, default=None, help="place the same orders as another run")
+    d.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="place the same orders as another run (default: new orders each run)",
+    )
     d.set_defaults(func=cmd_demo)
 
 
 def _migrate_parser(sub: Subparsers) -> None:
-    m = sub.add_parser("migrate", help="create or upgrade a store's schema")
+    m = sub.add_parser(
+        "migrate",
+        help="create or upgrade a store's schema",
+        description="Bring a store's schema to this version of Conveyor (a broker also does"
+        " it when it starts, unless a PostgreSQL URL says migrate=false).",
+    )
     m.add_argument(
         "--store",
         required=True,
         help="store URL: postgresql://user@host/db?schema=conveyor, or sqlite:///file.db",
     )
     m.set_defaults(func=cmd_migrate)
-
-
-def _client_parsers(sub: Subparsers) -> None:
-    def client_parser(
-        name: str, help_text: str, fn: Callable[[Any, argparse.Namespace], Awaitable[int]]
-    ) -> argparse.ArgumentParser:
-        c = sub.add_parser(name, help=help_text)
-        c.add_argument(
-            "--url",
-            default=None,
-            help="broker URL (default: $CONVEYOR_URL or conveyor://127.0.0.1:7710)",
-        )
-        c.add_argument("--timeout", type=float, default=10.0, help="seconds to reach the broker")
-        c.set_defaults(func=_client_command(fn))
-        parser: argparse.ArgumentParser = c
-        return parser
-
-    c = client_parser("send", "enqueue one message", _send)
-    c.add_argument("queue")
-    c.add_argument("body")
-    c.add_argument("--priority", type=int, default=0)
-    c.add_argument("--delay", type=float, default=None)
-    c.add_argument("--group", default=None)
-    c.add_argument("--dedup-key", default=None)
-
-    c = client_parser("receive", "lease messages and print them", _receive)
-    c.add_argument("queue")
-    c.add_argument("--max", type=int, default=1)
-    c.add_argument("--wait", type=float, default=0.0)
-    c.add_argument("--ack", action="store_true", help="acknowledge what was received")
-
-    client_parser("queues", "list queues with their depths", _queues)
-
-    c = client_parser("stats", "queue statistics", _stats)
-    c.add_argument("queue", nargs="?")
-    c.add_argument("--watch", action="store_true", help="refresh until interrupted")
-    c.add_argument("--interval", type=float, default=1.0)
-
-    c = client_parser("dlq", "dead letters: list or redrive", _dlq)
-    c.add_argument("action", choices=("list", "redrive"))
-    c.add_argument("queue")
-    c.add_argument("--limit", type=int, default=100)
-
-    c = client_parser("purge", "remove a queue's waiting messages", _purge)
-    c.add_argument("queue")
-
-    c = client_parser("create", "create a queue", _create)
-    c.add_argument("queue")
-    c.add_argument(
-        "--set", action="append", metavar="KEY=JSON", help="a queue setting, e.g. max_attempts=3"
-    )
 
 
 def main(argv: list[str] | None = None) -> int:

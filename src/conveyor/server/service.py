@@ -1,6 +1,10 @@
 """The broker service: one store, one Broker, its network front ends, and a
 clean shutdown.
 
+Exposure: a broker listens on loopback by default. On any other address it
+requires a token (``check_exposure``), unless told ``insecure``: whoever can
+reach it could otherwise create, read, purge and delete queues.
+
 SIGTERM or SIGINT: stop accepting connections, end the open ones (their
 sessions close and their leases are released, so other consumers get the
 messages), let the store writer finish every operation already submitted,
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
 import ssl
@@ -43,6 +48,8 @@ class ServiceOptions:
     tls_key: Path | None = None
     heartbeat: float = 2.0
     session_timeout: float = 10.0
+    token_source: str = "--token"  # where the token came from, for the log (never the token)
+    insecure: bool = False  # serve without a token on an address other than loopback
 
 
 def open_store(options: ServiceOptions) -> Store:
@@ -72,6 +79,55 @@ def open_store(options: ServiceOptions) -> Store:
     )
 
 
+MAX_TOKEN_FILE = 4096  # bytes of a token file
+
+
+def read_token_file(path: Path) -> str:
+    """The token a file holds: its one line, without the line break."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_TOKEN_FILE + 1)
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read --token-file {path}: {exc.strerror}") from None
+    if len(data) > MAX_TOKEN_FILE:
+        raise InvalidArgument(f"--token-file {path} is over {MAX_TOKEN_FILE} bytes: not a token")
+    try:
+        token = data.decode().rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise InvalidArgument(f"--token-file {path} is not UTF-8 text") from None
+    if not token:
+        raise InvalidArgument(f"--token-file {path} is empty")
+    if "\n" in token or "\r" in token:
+        raise InvalidArgument(f"--token-file {path} holds more than one line")
+    if path.stat().st_mode & 0o077:
+        log.warning("--token-file %s may be read by other users: chmod 600 %s", path, path)
+    return token
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost``, 127.0.0.0/8 or ::1: only this machine can connect."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False  # a name: whatever it resolves to, not known to be loopback
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def check_exposure(options: ServiceOptions) -> None:
+    """Refuse to serve without a token where other machines can connect."""
+    if options.token is None and not options.insecure and not is_loopback(options.host):
+        raise InvalidArgument(
+            f"refusing to serve on {options.host} without a token: anyone who can reach it"
+            " could create, read, purge and delete queues. Set one with --token-file PATH,"
+            " CONVEYOR_TOKEN or --token (clients give the same; see docs/security.md), or"
+            " pass --insecure to serve without one"
+        )
+
+
 def tls_context(options: ServiceOptions) -> ssl.SSLContext | None:
     if options.tls_cert is None and options.tls_key is None:
         return None
@@ -84,6 +140,7 @@ def tls_context(options: ServiceOptions) -> ssl.SSLContext | None:
 
 class Service:
     def __init__(self, options: ServiceOptions) -> None:
+        check_exposure(options)
         self.options = options
         config = BrokerConfig(session_timeout=options.session_timeout)
         self.broker = Broker(open_store(options), config)
@@ -122,13 +179,26 @@ class Service:
             raise
         http = "" if self.http is None else f", HTTP on port {self.http.port}"
         log.info(
-            "conveyor serving on %s: native port %d%s; store %s%s",
+            "conveyor serving on %s: native port %d%s; store %s; %s%s",
             self.options.host,
             self.native.port,
             http,
             self.broker.store.capabilities.name,
-            "" if self.options.token is None else "; token auth on",
+            self._auth_summary(),
+            "" if self._tls is None else "; TLS on",
         )
+        if self.options.token is None and not is_loopback(self.options.host):
+            log.warning(
+                "no token on %s (--insecure): anyone who can reach it may use every queue",
+                self.options.host,
+            )
+
+    def _auth_summary(self) -> str:
+        if self.options.token is not None:
+            return f"token auth on (token from {self.options.token_source})"
+        if is_loopback(self.options.host):
+            return "no token auth (loopback only)"
+        return "NO token auth (--insecure)"
 
     def stop(self) -> None:
         self._stopping.set()

@@ -11,7 +11,8 @@
 A task message's body is ``{"args": [...], "kwargs": {...}}`` in the app's
 serializer (JSON by default) and its header ``task`` names the function. The
 value a task returns is stored as the ack's result; a task that fails for
-good raises ``TaskFailed`` (with the remote traceback) from ``result()``.
+good raises ``TaskFailed`` from ``result()``: its message names the remote
+exception, its ``remote_traceback`` holds the traceback.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from conveyor.core.errors import ConveyorError, InvalidArgument
 from conveyor.core.types import NewMessage, ResultStatus
 from conveyor.worker.middleware.base import Middleware, default_middleware
 from conveyor.worker.serializers import JsonSerializer, Serializer
+from conveyor.worker.tracebacks import exception_line
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -35,7 +37,9 @@ TASK_HEADER = "task"
 
 
 class TaskFailed(ConveyorError):
-    """The task failed for good (dead-lettered); ``remote_traceback`` says why."""
+    """The task failed for good (dead-lettered). Its message names the
+    exception it ended with (``tasks.bake (ID) failed: ValueError: no
+    dough``); ``remote_traceback`` is the whole traceback the worker kept."""
 
     code = "task_failed"
 
@@ -75,7 +79,9 @@ class TaskHandle(Generic[R]):
         if result.status == ResultStatus.OK:
             value: R = self.app.serializer.loads(result.body) if result.body else None  # type: ignore[assignment]
             return value
-        raise TaskFailed(f"{self.task.name} ({self.id}) failed", result.error or "")
+        error = result.error or ""
+        why = exception_line(error) or "no error recorded"
+        raise TaskFailed(f"{self.task.name} ({self.id}) failed: {why}", error)
 
     def __repr__(self) -> str:
         return f"<TaskHandle {self.task.name} {self.id}>"

@@ -50,8 +50,8 @@ from typing import Any
 from conveyor.client.aio import AsyncClient, Delivery
 from conveyor.client.connecting import RECONNECT, ConnectionLost
 from conveyor.core import eventloop
-from conveyor.core.errors import ConveyorError, LeaseLost, QueueNotFound
-from conveyor.worker.app import TASK_HEADER, App
+from conveyor.core.errors import ConveyorError, InvalidArgument, LeaseLost, QueueNotFound
+from conveyor.worker.app import TASK_HEADER, App, Task
 from conveyor.worker.context import TaskContext
 from conveyor.worker.leases import LeaseKeeper
 from conveyor.worker.middleware.base import Execution
@@ -62,8 +62,13 @@ MAX_REASON = 32 * 1024  # characters of a traceback kept with a nack or dead let
 
 
 def load_app(path: str) -> App:
-    """``module:attribute`` (or ``module``, which must define ``app``)."""
+    """``module:attribute``, or ``module`` alone for its attribute ``app``;
+    the module imported from the current directory or ``sys.path``.
+    InvalidArgument, saying what to pass instead, for anything else."""
     module_name, _, attribute = path.partition(":")
+    attribute = attribute or "app"
+    if not module_name:
+        raise InvalidArgument(f"{path!r}: name the app's module, e.g. tasks:app")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -71,11 +76,27 @@ def load_app(path: str) -> App:
     except ModuleNotFoundError as exc:
         if exc.name != module_name and not module_name.startswith(f"{exc.name}."):
             raise  # the app's module itself imports something missing: its traceback tells
-        raise SystemExit(f"{path}: no module named {module_name!r}") from None
-    app = getattr(module, attribute or "app", None)
-    if not isinstance(app, App):
-        raise SystemExit(f"{path}: no conveyor.App named {attribute or 'app'!r} in {module_name}")
-    return app
+        raise InvalidArgument(
+            f"{path}: no module named {module_name!r} here ({os.getcwd()}) or on PYTHONPATH"
+        ) from None
+    found = getattr(module, attribute, None)
+    if isinstance(found, App):
+        return found
+    apps = [name for name, value in vars(module).items() if isinstance(value, App)]
+    if isinstance(found, Task):
+        owner = [name for name in apps if getattr(module, name) is found.app]
+        instead = f"{module_name}:{owner[0]}" if owner else "module:attribute of its App"
+        raise InvalidArgument(
+            f"{module_name}:{attribute} is a task, not an app: a worker runs every task of an"
+            f" app; pass the app: conveyor worker {instead}"
+        )
+    problem = (
+        f"{module_name} has no attribute {attribute!r}"
+        if found is None
+        else f"{module_name}:{attribute} is a {type(found).__name__}, not a conveyor.App"
+    )
+    apps_there = ", ".join(f"{module_name}:{name}" for name in apps) or "none"
+    raise InvalidArgument(f"{path}: {problem} (the apps of {module_name}: {apps_there})")
 
 
 def check_layout(concurrency: int, prefetch: int | None) -> None:

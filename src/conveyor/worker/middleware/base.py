@@ -5,6 +5,7 @@ The runtime runs a task and records what happened in an ``Execution``; the
 (``action``: ack with a result, nack for a retry, dead, or discard when the
 lease was lost). Retries, time limits and results are themselves middleware.
 A hook that raises is logged and skipped: it never stops the worker.
+Failed runs are logged by FailureLogs.
 """
 
 from __future__ import annotations
@@ -54,8 +55,10 @@ class Middleware:
 
 
 def default_middleware() -> list[Middleware]:
+    from conveyor.worker.middleware.failure_logs import FailureLogs
     from conveyor.worker.middleware.results import Results
     from conveyor.worker.middleware.retries import Retries
     from conveyor.worker.middleware.time_limits import TimeLimits
 
-    return [TimeLimits(), Retries(), Results()]
+    # FailureLogs reads what Retries decided.
+    return [TimeLimits(), Retries(), FailureLogs(), Results()]
