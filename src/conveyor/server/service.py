@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from conveyor.broker.broker import Broker, BrokerConfig
 from conveyor.core.errors import InvalidArgument
+from conveyor.server import native
 from conveyor.server.native import NativeServer
 from conveyor.store.base import Store
 
@@ -43,6 +44,11 @@ class ServiceOptions:
     tls_key: Path | None = None
     heartbeat: float = 2.0
     session_timeout: float = 10.0
+    # What clients can make the server hold (docs/operations.md, "Limits").
+    max_connections: int = native.DEFAULT_MAX_CONNECTIONS
+    handshake_timeout: float = native.DEFAULT_HANDSHAKE_TIMEOUT
+    max_connection_bytes: int = native.DEFAULT_CONNECTION_BYTES
+    max_total_bytes: int = native.DEFAULT_TOTAL_BYTES
 
 
 def open_store(options: ServiceOptions) -> Store:
@@ -95,6 +101,10 @@ class Service:
             token=options.token,
             ssl_context=context,
             heartbeat=options.heartbeat,
+            max_connections=options.max_connections,
+            handshake_timeout=options.handshake_timeout,
+            max_connection_bytes=options.max_connection_bytes,
+            max_total_bytes=options.max_total_bytes,
         )
         self.http: HttpApi | None = None
         if options.http_port is not None:
