@@ -22,6 +22,7 @@ pool is freed without needing the other, replies by the client reading.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 
 from conveyor.core.errors import InvalidArgument
@@ -55,7 +56,10 @@ class Pool:
 
 
 class Share:
-    """One connection's bytes of a pool."""
+    """One connection's bytes of a pool. Its requests waiting for room are
+    served in turn: a release wakes the first, which passes the turn on if
+    room is left (a connection with hundreds of requests waiting costs one
+    wake-up per release, not hundreds)."""
 
     __slots__ = ("_on_room", "_waiters", "closed", "held", "pool")
 
@@ -64,7 +68,7 @@ class Share:
         self.held = 0
         self.closed = False
         self._on_room = on_room
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: deque[asyncio.Future[None]] = deque()
 
     def room(self) -> int:
         pool = self.pool
@@ -82,7 +86,9 @@ class Share:
         if room < at_least and self.pool.refresh is not None:
             self.pool.refresh()
             room = self.room()
-        if room < at_least:
+        if room < at_least <= self.pool.per_connection - self.held:
+            # Short of the total, not of its own limit: to be told when
+            # another connection frees some (its own releases tell it anyway).
             self.pool.blocked[self] = None
         return room
 
@@ -99,12 +105,22 @@ class Share:
         return taken
 
     async def take(self, want: int, at_least: int) -> int:
-        """``try_take``, waiting until ``at_least`` fits."""
-        while not (taken := self.try_take(want, at_least)):
+        """``try_take``, waiting in turn until ``at_least`` fits."""
+        if not self._waiters and (taken := self.try_take(want, at_least)):
+            return taken
+        while True:
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
-            await waiter
-        return taken
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # it had the turn: pass it on
+                raise
+            if taken := self.try_take(want, at_least):
+                if self.room() > 0:
+                    self._wake_one()
+                return taken
 
     def force(self, n: int) -> None:
         """Count bytes that are here already, whether or not they fit."""
@@ -122,19 +138,24 @@ class Share:
         self.pool._freed()
 
     def wake(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        self._wake_one()
         if not self.closed:
             self._on_room()
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     def close(self) -> None:
         """The connection is gone: everything it held is free."""
         self.release(self.held)
         self.closed = True
         self.pool.blocked.pop(self, None)
-        self.wake()
+        while self._waiters:
+            self._wake_one()
 
 
 class Replies:
