@@ -5,6 +5,7 @@ counts (which must never be less than what the reply encodes to)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 
 import msgspec
@@ -55,6 +56,34 @@ def test_a_share_refuses_less_than_its_minimum_and_a_waiter_is_woken() -> None:
         assert pool.used == 0
         share.release(MiB)  # a late release after the close changes nothing
         assert pool.used == 0
+
+    asyncio.run(main())
+
+
+def test_waiting_requests_are_granted_in_turn_by_the_release() -> None:
+    async def main() -> None:
+        pool = Pool(total=64 * MiB, per_connection=16 * MiB)
+        share = pool.share(lambda: None)
+        share.force(16 * MiB)
+        big = asyncio.ensure_future(share.take(10 * MiB, 10 * MiB))
+        small = asyncio.ensure_future(share.take(MiB, MiB))
+        gone = asyncio.ensure_future(share.take(MiB, MiB))
+        await asyncio.sleep(0.01)
+        share.release(5 * MiB)  # the first in turn does not fit yet: nobody jumps it
+        await asyncio.sleep(0.01)
+        assert not big.done() and not small.done()
+        gone.cancel()
+        share.release(6 * MiB)  # now it does, and the next fits too
+        assert (await big, await small) == (10 * MiB, MiB)
+        assert share.held == 16 * MiB and gone.cancelled()
+        # A grant that its request, cancelled meanwhile, never takes up is freed.
+        late = asyncio.ensure_future(share.take(MiB, MiB))
+        await asyncio.sleep(0.01)
+        share.release(MiB)
+        late.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await late
+        assert share.held == 15 * MiB == pool.used
 
     asyncio.run(main())
 

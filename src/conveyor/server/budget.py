@@ -56,19 +56,21 @@ class Pool:
 
 
 class Share:
-    """One connection's bytes of a pool. Its requests waiting for room are
-    served in turn: a release wakes the first, which passes the turn on if
-    room is left (a connection with hundreds of requests waiting costs one
-    wake-up per release, not hundreds)."""
+    """One connection's bytes of a pool. Its requests that wait for room are
+    served in turn, by whoever frees some: the first waiting is given its
+    bytes as soon as they fit, then the next (a connection with hundreds of
+    requests waiting costs a release nothing more than the grants it makes)."""
 
-    __slots__ = ("_on_room", "_waiters", "closed", "held", "pool")
+    __slots__ = ("_granting", "_on_room", "_waiters", "closed", "held", "pool")
 
     def __init__(self, pool: Pool, on_room: Callable[[], None]) -> None:
         self.pool = pool
         self.held = 0
         self.closed = False
         self._on_room = on_room
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        # Requests waiting in turn: the future of each gets the bytes granted.
+        self._waiters: deque[tuple[asyncio.Future[int], int, int]] = deque()
+        self._granting = False
 
     def room(self) -> int:
         pool = self.pool
@@ -95,8 +97,6 @@ class Share:
     def try_take(self, want: int, at_least: int) -> int:
         """Reserve between ``at_least`` and ``want`` bytes, as many as fit;
         0 if not even ``at_least`` does (the share is woken when room frees)."""
-        if self.closed:  # the connection is gone: nothing is counted any more
-            return want
         room = self._fits(at_least)
         if room < at_least:
             return 0
@@ -108,19 +108,14 @@ class Share:
         """``try_take``, waiting in turn until ``at_least`` fits."""
         if not self._waiters and (taken := self.try_take(want, at_least)):
             return taken
-        while True:
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():
-                    self._wake_one()  # it had the turn: pass it on
-                raise
-            if taken := self.try_take(want, at_least):
-                if self.room() > 0:
-                    self._wake_one()
-                return taken
+        granted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiters.append((granted, want, at_least))
+        try:
+            return await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self.release(granted.result())  # granted, but nobody will use it
+            raise
 
     def force(self, n: int) -> None:
         """Count bytes that are here already, whether or not they fit."""
@@ -138,16 +133,24 @@ class Share:
         self.pool._freed()
 
     def wake(self) -> None:
-        self._wake_one()
+        """Room may have come: grant the waiting requests what fits, in turn."""
+        if self._waiters and not self._granting:
+            self._granting = True  # a release made while granting is seen by this loop
+            try:
+                while self._waiters:
+                    granted, want, at_least = self._waiters[0]
+                    if granted.done():  # its request was cancelled
+                        self._waiters.popleft()
+                        continue
+                    taken = self.try_take(want, at_least)
+                    if not taken:
+                        break
+                    self._waiters.popleft()
+                    granted.set_result(taken)
+            finally:
+                self._granting = False
         if not self.closed:
             self._on_room()
-
-    def _wake_one(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
 
     def close(self) -> None:
         """The connection is gone: everything it held is free."""
@@ -155,7 +158,7 @@ class Share:
         self.closed = True
         self.pool.blocked.pop(self, None)
         while self._waiters:
-            self._wake_one()
+            self._waiters.popleft()[0].cancel()
 
 
 class Replies:

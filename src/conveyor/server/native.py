@@ -94,9 +94,14 @@ class NativeServer:
         max_connection_bytes: int = DEFAULT_CONNECTION_BYTES,
         max_total_bytes: int = DEFAULT_TOTAL_BYTES,
     ) -> None:
-        check_limits(broker.config.max_reply_bytes + FRAME_MARGIN, max_frame,
-                     max_connections, handshake_timeout, max_connection_bytes,
-                     max_total_bytes)  # fmt: skip
+        check_limits(
+            broker.config.max_reply_bytes + FRAME_MARGIN,
+            max_frame,
+            max_connections,
+            handshake_timeout,
+            max_connection_bytes,
+            max_total_bytes,
+        )
         self.broker = broker
         self.host = host
         self.port = port
