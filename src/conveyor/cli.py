@@ -95,6 +95,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         session_timeout=args.session_timeout,
         token_source=token_source,
         insecure=args.insecure,
+        max_connections=args.max_connections,
+        handshake_timeout=args.handshake_timeout,
+        max_connection_bytes=args.max_connection_mib << 20,
+        max_total_bytes=args.max_total_mib << 20,
     )
 
     async def main() -> None:
@@ -206,6 +210,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def _serve_parser(sub: Subparsers) -> None:
     s = sub.add_parser(
         "serve",
@@ -284,6 +298,31 @@ def _serve_parser(sub: Subparsers) -> None:
     )
     s.add_argument(
         "--tls-key", type=Path, default=None, help="private key (PEM) of --tls-cert (default: none)"
+    )
+    s.add_argument(
+        "--max-connections",
+        type=_at_least_one,
+        default=4096,
+        help="connections accepted at once; one more gets too_many_connections (default 4096)",
+    )
+    s.add_argument(
+        "--handshake-timeout",
+        type=positive_seconds,
+        default=10.0,
+        help="seconds a new connection has to say hello before it is closed (default 10)",
+    )
+    s.add_argument(
+        "--max-connection-mib",
+        type=_at_least_one,
+        default=32,
+        help="MiB of requests, and of replies, one connection may make the server hold"
+        " (default 32)",
+    )
+    s.add_argument(
+        "--max-total-mib",
+        type=_at_least_one,
+        default=256,
+        help="MiB of requests, and of replies, all connections together (default 256)",
     )
     s.add_argument(
         "--log-level",

@@ -74,10 +74,6 @@ CLOSING_CASES: dict[str, tuple[Callable[[RawConnection], None], str | None]] = {
         lambda c: c.send(wire.PREAMBLE + b"\xff\xff\xff\xff" + b"x" * 100),
         "frame_too_large",
     ),
-    "an oversized length prefix after hello": (
-        lambda c: (c.hello(), c.send(struct.pack(">I", wire.DEFAULT_MAX_FRAME + 1))),
-        "frame_too_large",
-    ),
     "malformed MessagePack": (
         lambda c: (c.hello(), c.send(frame(b"\xc1\xc1\xc1"))),
         "protocol_error",

@@ -105,13 +105,13 @@ def test_every_error_derives_from_the_root() -> None:
 def test_register_error_adds_an_upper_layer_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(errors, "_BY_CODE", dict(errors._BY_CODE))
 
-    class TooManyConnections(ConveyorError):
-        """The server refuses more connections."""
+    class RateLimited(ConveyorError):
+        """The server refuses more requests for now."""
 
-        code = "too_many_connections"
+        code = "rate_limited"
 
-    assert register_error(TooManyConnections) is TooManyConnections
-    assert type(error_for_code("too_many_connections", "x")) is TooManyConnections
+    assert register_error(RateLimited) is RateLimited
+    assert type(error_for_code("rate_limited", "x")) is RateLimited
 
 
 def test_register_error_refuses_a_duplicate_code(monkeypatch: pytest.MonkeyPatch) -> None:

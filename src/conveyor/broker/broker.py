@@ -25,6 +25,7 @@ import msgspec
 from conveyor.broker import waiters
 from conveyor.broker.buckets import BucketAssigner
 from conveyor.broker.monitor import LeaseMonitor
+from conveyor.broker.replies import MAX_REASON, ReplyBudget, ReplySizes
 from conveyor.broker.waiters import Waiters
 from conveyor.core import validation
 from conveyor.core.errors import (
@@ -56,6 +57,7 @@ from conveyor.core.types import (
     SessionInfo,
 )
 from conveyor.store.base import (
+    DEFAULT_MAX_REPLY_BYTES,
     ClaimOp,
     ClaimResult,
     EnqueueOp,
@@ -84,6 +86,17 @@ class BrokerConfig(msgspec.Struct, frozen=True, kw_only=True):
     config_max_age: float = 1.0  # how long cached queue configs/bindings are trusted
     consumer_idle: float = 30.0  # a session that has not received for this long owns no buckets
     idempotency_window: float = 300.0  # how long a producer's retry key is remembered
+    # Bytes of messages one reply may carry (receive, push, dead-letter page),
+    # counted as the store counts them; the frame limit is this plus a margin.
+    max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES
+
+    def __post_init__(self) -> None:
+        largest = ReplySizes.of(self.max_body).dead_letter
+        if self.max_reply_bytes < largest:
+            raise InvalidArgument(
+                f"max_reply_bytes ({self.max_reply_bytes}) must hold the largest dead letter"
+                f" that max_body {self.max_body} allows ({largest} bytes)"
+            )
 
 
 class Broker:
@@ -97,6 +110,7 @@ class Broker:
     ) -> None:
         self.store = store
         self.config = config or BrokerConfig()
+        self.reply_sizes = ReplySizes.of(self.config.max_body)
         self._clock = clock
         self._waiters = Waiters()
         self._buckets = BucketAssigner(self._recent_consumers, max_age=self.config.config_max_age)
@@ -424,9 +438,12 @@ class Broker:
         max: int = 1,
         wait: float = 0.0,
         visibility: float | None = None,
+        budget: ReplyBudget | None = None,
     ) -> list[Delivery]:
-        """Lease up to ``max`` messages; with ``wait``, long-poll that many
-        seconds for the first one. Returns [] when nothing came."""
+        """Lease up to ``max`` messages, of at most ``max_reply_bytes`` (or
+        what ``budget`` has room for; always at least one message); with
+        ``wait``, long-poll that many seconds for the first one. Returns []
+        when nothing came."""
         now = self._now()
         config = await self._queue(validation.queue_name(queue))
         limit = validation.limit("max", max, maximum=self.config.max_receive)
@@ -439,6 +456,8 @@ class Broker:
             else validation.seconds("visibility", visibility, positive=True)
         )
         await self._keep_alive(session, queue, now)
+        one = self.reply_sizes.delivery
+        want = min(self.config.max_reply_bytes, limit * one)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait  # long-poll time is real time, whatever the clock
         while True:
@@ -448,10 +467,16 @@ class Broker:
                 drained = self._drained_still(session, queue, buckets, now)
                 if drained is None:
                     version = self._waiters.version(queue)
+                    size = want if budget is None else await budget.reserve(want, one)
                     claimed = await self.store.claim(
-                        ClaimOp(queue, session, limit, now, lease, buckets)
+                        ClaimOp(queue, session, limit, now, lease, buckets, size)
                     )
-                    self._note_claim(session, queue, limit, claimed, version, buckets, now)
+                    if budget is not None:
+                        budget.keep(size, claimed.size)
+                    # Short for want of bytes, not of messages, unless even
+                    # the largest message would have fitted.
+                    emptied = claimed.size + one <= size
+                    self._note_claim(session, queue, limit, claimed, emptied, version, buckets, now)
                     if claimed.deliveries or waiter is None:
                         return claimed.deliveries
                     next_at = claimed.next_at
@@ -481,6 +506,7 @@ class Broker:
         queue: str,
         limit: int,
         claimed: ClaimResult,
+        emptied: bool,
         version: int,
         buckets: list[int],
         now: float,
@@ -489,7 +515,7 @@ class Broker:
         the session's next claim would come back empty. Never on a shared
         store: other nodes' changes are heard of late (a NOTIFY), and a
         receive must see what they committed."""
-        if len(claimed.deliveries) < limit and not self.store.capabilities.shared:
+        if len(claimed.deliveries) < limit and emptied and not self.store.capabilities.shared:
             self._drained.setdefault(session, {})[queue] = _Drained(
                 version, now, claimed.next_at, buckets
             )
@@ -560,6 +586,8 @@ class Broker:
                 validation.seconds("delay", item.delay)
             if item.error is not None and not isinstance(item.error, str):
                 raise InvalidArgument("a nack's error must be a string")
+            if item.error is not None and len(item.error) > MAX_REASON:
+                raise InvalidArgument(f"a nack's error is at most {MAX_REASON} characters")
         settled = await self.store.nack(SettleOp(list(items), self._now()))
         self._after_settle(settled, [i.id for i in items])
         return _errors(settled)
@@ -574,6 +602,8 @@ class Broker:
         for item in self._check_items(items, Dead):
             if not isinstance(item.reason, str) or not item.reason:
                 raise InvalidArgument("dead needs a reason")
+            if len(item.reason) > MAX_REASON:
+                raise InvalidArgument(f"a reason is at most {MAX_REASON} characters")
         settled = await self.store.dead(SettleOp(list(items), self._now()))
         self._after_settle(settled, [i.id for i in items])
         return _errors(settled)
@@ -601,14 +631,26 @@ class Broker:
     # -- dead letters -----------------------------------------------------
 
     async def dead_letters(
-        self, queue: str, *, limit: int = 100, after: str | None = None
+        self,
+        queue: str,
+        *,
+        limit: int = 100,
+        after: str | None = None,
+        budget: ReplyBudget | None = None,
     ) -> list[Message]:
+        """Up to ``limit`` dead letters after ``after``, oldest first, of at
+        most ``max_reply_bytes`` (or what ``budget`` has room for): a page
+        may hold fewer; the next starts after its last id."""
         self._now()
         await self._queue(validation.queue_name(queue))
         validation.limit("limit", limit, maximum=10_000)
         if after is not None:
             parse_id(after)
-        return await self.store.dead_letters(queue, limit, after)
+        one = self.reply_sizes.dead_letter
+        size = min(self.config.max_reply_bytes, limit * one)
+        if budget is not None:
+            size = await budget.reserve(size, one)
+        return await self.store.dead_letters(queue, limit, after, size)
 
     async def redrive(self, queue: str, ids: Sequence[str] | None = None) -> int:
         """Make dead letters ready again (all of them, or those ids); how many."""
@@ -624,17 +666,23 @@ class Broker:
 
     # -- results ----------------------------------------------------------
 
-    async def result(self, message_id: str, *, timeout: float = 0.0) -> Result:
+    async def result(
+        self, message_id: str, *, timeout: float = 0.0, budget: ReplyBudget | None = None
+    ) -> Result:
         """The result of a finished message, waiting up to ``timeout`` seconds."""
         self._now()
         parse_id(message_id)
         timeout = validation.seconds("timeout", timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        one = self.reply_sizes.result
         while True:
+            size = 0 if budget is None else await budget.reserve(one, one)
             found = await self.store.get_result(message_id)
             if found is not None:
                 return found
+            if budget is not None:
+                budget.keep(size, 0)
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise ResultTimeout(f"no result for message {message_id} within {timeout:g}s")

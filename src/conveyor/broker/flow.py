@@ -9,6 +9,10 @@ gives one credit back. A consumer that stops settling stops receiving; while
 received for it at all. So no more than ``prefetch`` deliveries are ever
 outstanding or buffered for one consumer.
 
+Each receive is bounded in bytes like any reply (broker/replies.py): at most
+``max_reply_bytes``, or what ``budget`` has room for, so a prefetch of twenty
+1 MiB messages goes out in two pushes, never one frame over the limit.
+
 The native server pushes these deliveries over a socket; the in-process
 client hands them to an async iterator.
 """
@@ -19,6 +23,7 @@ import asyncio
 from collections.abc import Callable
 
 from conveyor.broker.broker import Broker
+from conveyor.broker.replies import ReplyBudget
 from conveyor.core.errors import ConveyorError
 from conveyor.core.types import Delivery
 
@@ -35,6 +40,7 @@ class CreditedConsumer:
         deliver: Callable[[list[Delivery]], None],
         end: Callable[[ConveyorError], None],
         writable: asyncio.Event | None = None,
+        budget: ReplyBudget | None = None,
     ) -> None:
         self.broker = broker
         self.session = session
@@ -44,6 +50,7 @@ class CreditedConsumer:
         self._deliver = deliver
         self._end = end
         self._writable = writable
+        self.budget = budget
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -77,6 +84,7 @@ class CreditedConsumer:
                     self.queue,
                     max=min(self.credit, self.broker.config.max_receive),
                     wait=POLL_WAIT,
+                    budget=self.budget,
                 )
             except ConveyorError as exc:
                 self._end(exc)

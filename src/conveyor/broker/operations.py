@@ -8,6 +8,11 @@ field with InvalidArgument, then runs the handler against the broker.
 
 Receiving needs a consumer session: the caller passes a ``SessionSource``
 (the connection's lazily opened session, or the HTTP request's).
+
+A caller that bounds the bytes its clients make it hold passes a
+``ReplyBudget`` too: an operation whose reply carries messages reserves from
+it as it reads them (broker/replies.py); one whose reply grows with its
+arguments or with the store's contents reserves its bound before it runs.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any, Protocol
 import msgspec
 
 from conveyor.broker.broker import Broker
+from conveyor.broker.replies import ReplyBudget
 from conveyor.core.errors import ConveyorError, InvalidArgument
 from conveyor.core.types import Ack, Dead, Extend, Nack, NewMessage
 from conveyor.core.wire import UnknownOperation
@@ -115,7 +121,15 @@ class Outcome(msgspec.Struct, frozen=True, omit_defaults=True):
     deadline: float | None = None
 
 
-Handler = Callable[[Broker, Any, SessionSource], Awaitable[Any]]
+Handler = Callable[[Broker, Any, SessionSource, ReplyBudget | None], Awaitable[Any]]
+# The bytes to reserve for an operation's reply before it runs, from its
+# arguments and max_reply_bytes.
+ReplyBound = Callable[[Any, int], int]
+
+# The most bytes one item of a batch adds to the reply: an Outcome with a
+# LeaseLost message, an EnqueueResult.
+OUTCOME_BYTES = 320
+ENQUEUED_BYTES = 64
 
 
 def _outcomes(results: list[Any]) -> list[Outcome]:
@@ -130,12 +144,14 @@ def _outcomes(results: list[Any]) -> list[Outcome]:
     return out
 
 
-async def _receive(b: Broker, a: Receive, s: SessionSource) -> Any:
+async def _receive(b: Broker, a: Receive, s: SessionSource, r: ReplyBudget | None) -> Any:
     session = await s.session(a.max)
-    return await b.receive(session, a.queue, max=a.max, wait=a.wait, visibility=a.visibility)
+    return await b.receive(
+        session, a.queue, max=a.max, wait=a.wait, visibility=a.visibility, budget=r
+    )
 
 
-async def _publish(b: Broker, a: Publish, s: SessionSource) -> Any:
+async def _publish(b: Broker, a: Publish, s: SessionSource, r: ReplyBudget | None) -> Any:
     m = a.message
     return await b.publish(
         a.topic,
@@ -151,19 +167,19 @@ async def _publish(b: Broker, a: Publish, s: SessionSource) -> Any:
     )
 
 
-async def _ack(b: Broker, a: AckArgs, s: SessionSource) -> Any:
+async def _ack(b: Broker, a: AckArgs, s: SessionSource, r: ReplyBudget | None) -> Any:
     return _outcomes(await b.ack_many(a.items))
 
 
-async def _nack(b: Broker, a: NackArgs, s: SessionSource) -> Any:
+async def _nack(b: Broker, a: NackArgs, s: SessionSource, r: ReplyBudget | None) -> Any:
     return _outcomes(await b.nack_many(a.items))
 
 
-async def _extend(b: Broker, a: ExtendArgs, s: SessionSource) -> Any:
+async def _extend(b: Broker, a: ExtendArgs, s: SessionSource, r: ReplyBudget | None) -> Any:
     return _outcomes(await b.extend_many(a.items))
 
 
-async def _dead(b: Broker, a: DeadArgs, s: SessionSource) -> Any:
+async def _dead(b: Broker, a: DeadArgs, s: SessionSource, r: ReplyBudget | None) -> Any:
     return _outcomes(await b.dead_many(a.items))
 
 
@@ -171,62 +187,89 @@ class Operation(msgspec.Struct, frozen=True):
     args: type[_Args]
     handler: Handler
     summary: str
+    reply: ReplyBound | None = None  # None: a small reply, or one that reserves as it reads
+
+
+def _per_item(size: int) -> ReplyBound:
+    return lambda a, _: size * len(a.items) + 64
+
+
+def _whole(a: Any, max_reply: int) -> int:
+    """A list that grows with the store (queues, bindings, sessions): it may
+    take a whole reply (and past that, is refused with ReplyTooLarge)."""
+    return max_reply
 
 
 OPERATIONS: dict[str, Operation] = {
     "create_queue": Operation(
         CreateQueue,
-        lambda b, a, s: b.create_queue(a.queue, exist_ok=a.exist_ok, **a.settings),
+        lambda b, a, s, r: b.create_queue(a.queue, exist_ok=a.exist_ok, **a.settings),
         "Create a queue (the same settings again: returns it).",
     ),
     "configure_queue": Operation(
         ConfigureQueue,
-        lambda b, a, s: b.configure_queue(a.queue, **a.settings),
+        lambda b, a, s, r: b.configure_queue(a.queue, **a.settings),
         "Change a queue's settings.",
     ),
     "delete_queue": Operation(
-        QueueName, lambda b, a, s: b.delete_queue(a.queue), "Delete a queue and its messages."
+        QueueName, lambda b, a, s, r: b.delete_queue(a.queue), "Delete a queue and its messages."
     ),
-    "get_queue": Operation(QueueName, lambda b, a, s: b.get_queue(a.queue), "A queue's settings."),
-    "queues": Operation(NoArgs, lambda b, a, s: b.queues(), "Every queue with its settings."),
+    "get_queue": Operation(
+        QueueName, lambda b, a, s, r: b.get_queue(a.queue), "A queue's settings."
+    ),
+    "queues": Operation(
+        NoArgs, lambda b, a, s, r: b.queues(), "Every queue with its settings.", _whole
+    ),
     "purge": Operation(
-        QueueName, lambda b, a, s: b.purge(a.queue), "Remove a queue's waiting messages."
+        QueueName, lambda b, a, s, r: b.purge(a.queue), "Remove a queue's waiting messages."
     ),
     "enqueue": Operation(
         Enqueue,
-        lambda b, a, s: b.enqueue_many(a.queue, a.messages, idempotency_key=a.idempotency_key),
+        lambda b, a, s, r: b.enqueue_many(a.queue, a.messages, idempotency_key=a.idempotency_key),
         "Enqueue a batch of messages, all or nothing.",
+        lambda a, _: ENQUEUED_BYTES * len(a.messages) + 64,
     ),
     "publish": Operation(
-        Publish, _publish, "One copy into every queue bound to the topic, atomically."
+        Publish,
+        _publish,
+        "One copy into every queue bound to the topic, atomically.",
+        lambda a, _: 64 * 1024,  # a result per bound queue
     ),
     "bind": Operation(
-        BindArgs, lambda b, a, s: b.bind(a.pattern, a.queue), "Bind a queue to a topic pattern."
+        BindArgs, lambda b, a, s, r: b.bind(a.pattern, a.queue), "Bind a queue to a topic pattern."
     ),
     "unbind": Operation(
-        BindArgs, lambda b, a, s: b.unbind(a.pattern, a.queue), "Remove a binding."
+        BindArgs, lambda b, a, s, r: b.unbind(a.pattern, a.queue), "Remove a binding."
     ),
-    "bindings": Operation(NoArgs, lambda b, a, s: b.bindings(), "Every topic binding."),
+    "bindings": Operation(NoArgs, lambda b, a, s, r: b.bindings(), "Every topic binding.", _whole),
     "receive": Operation(Receive, _receive, "Lease up to max messages, long-polling up to wait s."),
-    "ack": Operation(AckArgs, _ack, "Acknowledge leases (optionally with a result)."),
-    "nack": Operation(NackArgs, _nack, "Give leases back for a retry after backoff."),
-    "extend": Operation(ExtendArgs, _extend, "Extend leases to now + seconds."),
-    "dead": Operation(DeadArgs, _dead, "Dead-letter leased messages."),
+    "ack": Operation(
+        AckArgs, _ack, "Acknowledge leases (optionally with a result).", _per_item(OUTCOME_BYTES)
+    ),
+    "nack": Operation(
+        NackArgs, _nack, "Give leases back for a retry after backoff.", _per_item(OUTCOME_BYTES)
+    ),
+    "extend": Operation(
+        ExtendArgs, _extend, "Extend leases to now + seconds.", _per_item(OUTCOME_BYTES)
+    ),
+    "dead": Operation(DeadArgs, _dead, "Dead-letter leased messages.", _per_item(OUTCOME_BYTES)),
     "dead_letters": Operation(
         DeadLetters,
-        lambda b, a, s: b.dead_letters(a.queue, limit=a.limit, after=a.after),
-        "List a queue's dead letters, oldest first.",
+        lambda b, a, s, r: b.dead_letters(a.queue, limit=a.limit, after=a.after, budget=r),
+        "List a queue's dead letters, oldest first (a page may hold fewer than limit).",
     ),
     "redrive": Operation(
-        Redrive, lambda b, a, s: b.redrive(a.queue, a.ids), "Make dead letters ready again."
+        Redrive, lambda b, a, s, r: b.redrive(a.queue, a.ids), "Make dead letters ready again."
     ),
     "result": Operation(
         ResultArgs,
-        lambda b, a, s: b.result(a.id, timeout=a.timeout),
+        lambda b, a, s, r: b.result(a.id, timeout=a.timeout, budget=r),
         "A message's result, waiting up to timeout s.",
     ),
-    "stats": Operation(QueueName, lambda b, a, s: b.stats(a.queue), "A queue's statistics."),
-    "sessions": Operation(NoArgs, lambda b, a, s: b.sessions(), "Live consumer sessions."),
+    "stats": Operation(QueueName, lambda b, a, s, r: b.stats(a.queue), "A queue's statistics."),
+    "sessions": Operation(
+        NoArgs, lambda b, a, s, r: b.sessions(), "Live consumer sessions.", _whole
+    ),
 }
 
 
@@ -239,9 +282,20 @@ def parse_args(op: Operation, raw: object) -> Any:
         raise InvalidArgument(f"bad arguments: {exc}") from None
 
 
-async def call(broker: Broker, name: str, raw: object, sessions: SessionSource) -> Any:
+async def call(
+    broker: Broker,
+    name: str,
+    raw: object,
+    sessions: SessionSource,
+    budget: ReplyBudget | None = None,
+) -> Any:
     """Run operation ``name`` with raw arguments; UnknownOperation if none."""
     op = OPERATIONS.get(name) if isinstance(name, str) else None
     if op is None:
         raise UnknownOperation(f"no operation named {name!r}")
-    return await op.handler(broker, parse_args(op, raw), sessions)
+    args = parse_args(op, raw)
+    if budget is not None and op.reply is not None:
+        max_reply = broker.config.max_reply_bytes
+        bound = min(op.reply(args, max_reply), max_reply)  # a batch over max_batch is refused
+        await budget.reserve(bound, bound)
+    return await op.handler(broker, args, sessions, budget)

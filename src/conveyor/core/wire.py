@@ -12,7 +12,10 @@ many bytes of MessagePack holding an array whose first item is the kind:
     [5, sub, code, message]   subscription ``sub`` ended (queue deleted...)
 
 ``FrameReader`` cuts frames out of a byte stream and refuses a length over
-its limit before reading the body, so a hostile length prefix costs nothing.
+its limit before reading the body, so a hostile length prefix costs nothing:
+it raises FrameTooLarge, or (the server, once the handshake is done) reads
+the request id from the frame's first bytes and drops the rest of it as it
+comes, without buffering it, so that the request alone can be refused.
 """
 
 from __future__ import annotations
@@ -48,6 +51,23 @@ class FrameTooLarge(ProtocolError):
     """A frame is longer than the receiver's maximum frame size."""
 
     code = "frame_too_large"
+
+
+@register_error
+class ReplyTooLarge(ConveyorError):
+    """The reply would exceed the maximum frame size (a list of too many
+    queues, say); nothing was changed. Lists of messages never get it: they
+    are cut to fit."""
+
+    code = "reply_too_large"
+
+
+@register_error
+class TooManyConnections(ConveyorError):
+    """The server holds as many connections as it accepts (its
+    --max-connections): try another node, or later."""
+
+    code = "too_many_connections"
 
 
 @register_error
@@ -90,32 +110,100 @@ HEARTBEAT_FRAME = encode((HEARTBEAT,))
 
 
 class FrameReader:
-    """Feed it bytes as they come; it yields whole decoded frames."""
+    """Feed it bytes as they come; it yields whole decoded frames.
 
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
-        self._max = max_frame
+    ``skip_oversized``: a frame over the limit does not raise; its request id
+    is read from its first bytes (None if it has none) and kept, with its
+    length, in ``oversized``, and the rest of it is dropped as it arrives."""
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, *, skip_oversized: bool = False) -> None:
+        self.max_frame = max_frame
+        self.skip_oversized = skip_oversized
+        self.oversized: list[tuple[int | None, int]] = []
         self._buf = bytearray()
+        self._skip = 0  # bytes of an oversized frame still to drop
 
     def feed(self, data: bytes) -> list[list[Any]]:
+        return [frame for frame, _ in self.feed_sized(data)]
+
+    def feed_sized(self, data: bytes, limit: int | None = None) -> list[tuple[list[Any], int]]:
+        """Whole frames with their lengths; at most ``limit`` of them (the
+        rest stays buffered for the next call, which may pass b"")."""
+        if self._skip:
+            if len(data) <= self._skip:
+                self._skip -= len(data)
+                return []
+            data, self._skip = data[self._skip :], 0
         self._buf += data
-        frames = []
+        frames: list[tuple[list[Any], int]] = []
         buf = self._buf
         pos = 0
-        while len(buf) - pos >= 4:
+        while len(buf) - pos >= 4 and (limit is None or len(frames) < limit):
             (length,) = _LENGTH.unpack_from(buf, pos)
-            if length > self._max:
-                raise FrameTooLarge(f"frame of {length} bytes exceeds the limit of {self._max}")
-            if len(buf) - pos - 4 < length:
+            have = len(buf) - pos - 4
+            if length > self.max_frame:
+                if not self.skip_oversized:
+                    raise FrameTooLarge(
+                        f"frame of {length} bytes exceeds the limit of {self.max_frame}"
+                    )
+                peek = min(_PEEK, length)
+                if have < peek:
+                    break  # its request id is not here yet
+                self.oversized.append((request_id(bytes(buf[pos + 4 : pos + 4 + peek])), length))
+                if have >= length:
+                    pos += 4 + length
+                    continue
+                self._skip = length - have
+                pos = len(buf)
                 break
-            body = bytes(buf[pos + 4 : pos + 4 + length])
+            if have < length:
+                break
+            payload = bytes(buf[pos + 4 : pos + 4 + length])
             pos += 4 + length
-            frames.append(decode(body))
+            frames.append((decode(payload), length))
         del buf[:pos]
         return frames
 
     @property
+    def pending(self) -> int:
+        """The length of the frame whose first bytes are buffered (0: none,
+        or one over the limit, which is never buffered)."""
+        if len(self._buf) < 4:
+            return 0
+        (length,) = _LENGTH.unpack_from(self._buf, 0)
+        return length if length <= self.max_frame else 0
+
+    @property
     def buffered(self) -> int:
         return len(self._buf)
+
+
+# Bytes that hold a request's array header, kind and id, whatever their widths.
+_PEEK = 15
+_UINT_WIDTHS = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
+
+
+def request_id(prefix: bytes) -> int | None:
+    """The rid of a request frame ``[0, rid, ...]`` from its first bytes
+    alone; None if they are not those of a request."""
+    if not prefix:
+        return None
+    first = prefix[0]
+    if 0x90 <= first <= 0x9F:
+        at = 1
+    elif first in (0xDC, 0xDD):
+        at = 3 if first == 0xDC else 5
+    else:
+        return None
+    if len(prefix) < at + 2 or prefix[at] != REQUEST:
+        return None
+    tag = prefix[at + 1]
+    if tag <= 0x7F:
+        return tag
+    width = _UINT_WIDTHS.get(tag)
+    if width is None or len(prefix) < at + 2 + width:
+        return None
+    return int.from_bytes(prefix[at + 2 : at + 2 + width], "big")
 
 
 def decode(payload: bytes) -> list[Any]:

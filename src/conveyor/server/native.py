@@ -5,16 +5,28 @@ hot path is a callback). Requests are pipelined: each runs as its own task,
 so a long-polling receive does not hold up the enqueues behind it, and every
 enqueue of every connection meets the others in the store's group commit.
 
-Bounds, so that no client can make the server buffer without limit:
-  - a frame longer than ``max_frame`` is refused before its body is read;
+Bounds, so that no client can make the server hold without limit
+(docs/operations.md, "Limits"):
+  - at most ``max_connections`` connections: one more is sent the error
+    ``too_many_connections`` and closed;
+  - before its handshake a connection may send frames of at most
+    ``MAX_HELLO_FRAME`` bytes, and it is closed if it has not completed the
+    handshake within ``handshake_timeout`` seconds;
+  - after it, a frame longer than ``max_frame`` is refused before its body is
+    read: its request gets ``frame_too_large``, and the rest of the frame is
+    dropped as it arrives, never buffered; the connection stays;
+  - the bytes of requests in flight and of replies not yet sent are counted
+    per connection and in total (server/budget.py); a connection without
+    room is not read, and waits to build a reply, until some is freed; a
+    reply never passes the frame limit (lists of messages are cut to fit,
+    anything else over it gets ``reply_too_large``);
   - at most ``max_inflight`` requests run per connection, and at most
-    ``MAX_RECEIVES`` of them are receives (whose replies carry bodies); the
-    requests past that wait, parsed, and the server stops reading from the
-    socket until they can start;
+    ``MAX_RECEIVES`` of them are receives; the requests past that wait,
+    parsed, and the server stops reading from the socket until they can start;
   - when the socket's send buffer passes its high-water mark (a client that
     does not read), the server starts no request, stops reading and stops
-    pushing deliveries until it drains; so what it buffers for a client is
-    bounded by the replies of the requests already running;
+    pushing deliveries until it drains; a client that takes none of it for
+    three heartbeat intervals is disconnected;
   - pushed deliveries are bounded by the subscription's credit (prefetch):
     a delivery's credit comes back when the client settles it.
 
@@ -36,15 +48,31 @@ from typing import Any, cast
 
 from conveyor.broker import operations
 from conveyor.broker.broker import Broker
-from conveyor.broker.flow import CreditedConsumer, return_credit
 from conveyor.core import wire
-from conveyor.core.errors import BrokerClosed, ConveyorError, InvalidArgument, SessionNotFound
+from conveyor.core.errors import ConveyorError
+from conveyor.server.budget import Pool, Replies, check_limits
+from conveyor.server.subscriptions import Subscriptions
 
 log = logging.getLogger("conveyor.server")
 
 # Receives of one connection running at once: each may hold up to
 # max_receive bodies between the store and the socket.
 MAX_RECEIVES = 4
+# The largest frame before the handshake: a hello is a few hundred bytes.
+MAX_HELLO_FRAME = 16 * 1024
+# A frame's bytes besides the messages its reply budget counts.
+FRAME_MARGIN = 64 * 1024
+# The socket's send buffer: above HIGH_WATER the client is not keeping up;
+# reply bytes written while it is above LOW_WATER are counted until it drains.
+HIGH_WATER = 1024 * 1024
+LOW_WATER = 256 * 1024
+# Seconds a connection over the limit is kept for its error to reach the client.
+REFUSED_LINGER = 1.0
+
+DEFAULT_MAX_CONNECTIONS = 4096
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+DEFAULT_CONNECTION_BYTES = 32 * 1024 * 1024
+DEFAULT_TOTAL_BYTES = 256 * 1024 * 1024
 
 SERVER_NAME = "conveyor"
 
@@ -61,7 +89,19 @@ class NativeServer:
         heartbeat: float = 2.0,
         max_frame: int = wire.DEFAULT_MAX_FRAME,
         max_inflight: int = 512,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        max_connection_bytes: int = DEFAULT_CONNECTION_BYTES,
+        max_total_bytes: int = DEFAULT_TOTAL_BYTES,
     ) -> None:
+        check_limits(
+            broker.config.max_reply_bytes + FRAME_MARGIN,
+            max_frame,
+            max_connections,
+            handshake_timeout,
+            max_connection_bytes,
+            max_total_bytes,
+        )
         self.broker = broker
         self.host = host
         self.port = port
@@ -70,23 +110,39 @@ class NativeServer:
         self.heartbeat = heartbeat
         self.max_frame = max_frame
         self.max_inflight = max_inflight
+        self.max_connections = max_connections
+        self.handshake_timeout = handshake_timeout
+        self.requests = Pool(max_total_bytes, max_connection_bytes)
+        self.replies = Pool(max_total_bytes, max_connection_bytes)
+        self.replies.refresh = self._count_drained
         self.connections: set[Connection] = set()
+        self.refused: set[Connection] = set()
+        self.draining: set[Connection] = set()  # replies counted until their socket drains
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: Connection(self), self.host, self.port, ssl=self.ssl_context, backlog=1024
+            lambda: Connection(self),
+            self.host,
+            self.port,
+            ssl=self.ssl_context,
+            backlog=1024,
+            ssl_handshake_timeout=self.handshake_timeout if self.ssl_context else None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
+
+    def _count_drained(self) -> None:
+        for conn in list(self.draining):
+            conn.check_drained()
 
     async def stop(self) -> None:
         """Stop accepting, then end every connection (their sessions close)."""
         if self._server is not None:
             self._server.close()
-        for conn in list(self.connections):
+        for conn in list(self.connections) + list(self.refused):
             conn.abort()
-        for conn in list(self.connections):
+        for conn in list(self.connections) + list(self.refused):
             await conn.closed
         if self._server is not None:
             await self._server.wait_closed()
@@ -99,18 +155,28 @@ class Connection(asyncio.Protocol):
         self.broker = server.broker
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self.reader = wire.FrameReader(server.max_frame)
+        self.reader = wire.FrameReader(MAX_HELLO_FRAME)
         self.preamble = b""
         self.authenticated = False
+        self.refused = False
+        # Bytes counted for this client (server/budget.py): requests read and
+        # not finished, replies reserved or not yet sent.
+        self.requests = server.requests.share(self._room_freed)
+        self.replies = server.replies.share(self._room_freed)
+        self.arriving = 0  # reserved for the frame whose first bytes are buffered
+        self.unsent = 0  # reply bytes written while the send buffer was backed up
+        self.starved = False  # reading stopped for want of room
+        self.backlog_seen = 0
+        self.stalled_since: float | None = None
         self.name = ""
         self.peer = "?"
         self.tasks: set[asyncio.Task[None]] = set()
-        # Requests read but not started yet (see the bounds above).
-        self.waiting: deque[tuple[int, Any, Any]] = deque()
-        self.waiting_receives: deque[tuple[int, Any, Any]] = deque()
+        # Requests read but not started yet (see the bounds above): rid, op,
+        # args and the bytes of the frame.
+        self.waiting: deque[tuple[int, Any, Any, int]] = deque()
+        self.waiting_receives: deque[tuple[int, Any, Any, int]] = deque()
         self.receives = 0
-        self.subs: dict[int, CreditedConsumer] = {}
-        self.next_sub = 1
+        self.subs = Subscriptions(self)
         self.session_id: str | None = None
         self._session_lock = asyncio.Lock()
         self.writable = asyncio.Event()
@@ -120,6 +186,8 @@ class Connection(asyncio.Protocol):
         self.last_broker_beat = 0.0
         self.closed: asyncio.Future[None] = self.loop.create_future()
         self._ticker: asyncio.TimerHandle | None = None
+        self._handshake_deadline: asyncio.TimerHandle | None = None
+        self._room_handle: asyncio.Handle | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------
 
@@ -128,11 +196,19 @@ class Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = self.transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.transport.set_write_buffer_limits(high=1 << 20, low=256 << 10)
+        self.transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
+        if len(self.server.connections) >= self.server.max_connections:
+            self._refuse()
+            return
         self.server.connections.add(self)
+        self._handshake_deadline = self.loop.call_later(
+            self.server.handshake_timeout, self._handshake_late
+        )
         self._ticker = self.loop.call_later(self.server.heartbeat, self._tick)
 
     def data_received(self, data: bytes) -> None:
+        if self.refused:
+            return
         self.last_in = time.monotonic()
         if len(self.preamble) < len(wire.PREAMBLE):
             need = len(wire.PREAMBLE) - len(self.preamble)
@@ -143,13 +219,26 @@ class Connection(asyncio.Protocol):
                 return
             if not data:
                 return
+        if not self.authenticated:
+            self._handshake(data)
+            if not self.authenticated:
+                return
+            data = b""  # the rest is buffered in the reader
         try:
-            frames = self.reader.feed(data)
+            frames = self.reader.feed_sized(data)
         except ConveyorError as exc:
             self._fatal(exc)
             return
-        for frame in frames:
-            self._frame(frame)
+        if self.reader.oversized:
+            self._refuse_oversized()
+        for frame, size in frames:
+            if self.arriving:  # its bytes were reserved as its length came
+                self.requests.release(self.arriving - size)
+                self.arriving = 0
+            else:
+                self.requests.force(size)
+            self._frame(frame, size)
+        self._start_waiting()
         self._beat_session()
 
     def pause_writing(self) -> None:
@@ -158,19 +247,24 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.writable.set()
+        self.check_drained()
         self._start_waiting()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
-        if self._ticker is not None:
-            self._ticker.cancel()
+        self.server.refused.discard(self)
+        self.server.draining.discard(self)
+        for timer in (self._ticker, self._handshake_deadline, self._room_handle):
+            if timer is not None:
+                timer.cancel()
+        self.requests.close()
+        self.replies.close()
         self.writable.set()
         self.waiting.clear()
         self.waiting_receives.clear()
         for task in list(self.tasks):
             task.cancel()
-        for sub in self.subs.values():
-            sub.stop()
+        self.subs.stop_all()
         self.loop.create_task(self._end_session())
 
     async def _end_session(self) -> None:
@@ -183,24 +277,76 @@ class Connection(asyncio.Protocol):
             if not self.closed.done():
                 self.closed.set_result(None)
 
-    # -- frames -------------------------------------------------------------
+    # -- the handshake and the connection limit ------------------------------
 
-    def _frame(self, frame: list[Any]) -> None:
-        kind = frame[0]
-        if kind == wire.HEARTBEAT:
-            return
-        if kind != wire.REQUEST or len(frame) != 4 or not isinstance(frame[1], int):
-            self.send(wire.error(0, wire.ProtocolError(f"unexpected frame kind {kind!r}")))
-            return
-        _, rid, op, args = frame
-        if not self.authenticated:
-            if op != "hello":
+    def _refuse(self) -> None:
+        """Over the connection limit: say so, then close (once the client
+        has read it, or after a moment)."""
+        assert self.transport is not None
+        self.refused = True
+        self.server.refused.add(self)
+        limit = self.server.max_connections
+        log.info("%s refused: the server holds %d connections, its limit", self.peer, limit)
+        exc = wire.TooManyConnections(f"the server holds {limit} connections, its limit")
+        self.transport.write(wire.error(0, exc))
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._ticker = self.loop.call_later(REFUSED_LINGER, self.transport.close)
+
+    def _handshake(self, data: bytes) -> None:
+        """The frames before hello, one at a time: the first request must be
+        hello, and no frame may pass MAX_HELLO_FRAME bytes."""
+        while not self.authenticated:
+            try:
+                got = self.reader.feed_sized(data, limit=1)
+            except ConveyorError as exc:
+                self._fatal(exc)
+                return
+            data = b""
+            if not got:
+                return
+            frame = got[0][0]
+            if frame[0] == wire.HEARTBEAT:
+                continue
+            if (
+                frame[0] != wire.REQUEST
+                or len(frame) != 4
+                or frame[2] != "hello"
+                or not isinstance(frame[1], int)
+            ):
                 self._fatal(wire.ProtocolError("the first request must be hello"))
                 return
-            self._hello(rid, args)
+            self._hello(frame[1], frame[3])
+            if self.transport is None or self.transport.is_closing():
+                return
+
+    def _handshake_late(self) -> None:
+        timeout = self.server.handshake_timeout
+        self._fatal(wire.ProtocolError(f"no handshake within {timeout:g}s"))
+
+    def _refuse_oversized(self) -> None:
+        """Frames over the limit were dropped unread: their requests are refused."""
+        for rid, length in self.reader.oversized:
+            exc = wire.FrameTooLarge(
+                f"frame of {length} bytes exceeds the limit of {self.server.max_frame};"
+                " the request was not run"
+            )
+            self.send(wire.error(rid or 0, exc))
+        self.reader.oversized.clear()
+
+    # -- frames -------------------------------------------------------------
+
+    def _frame(self, frame: list[Any], size: int) -> None:
+        kind = frame[0]
+        if kind == wire.REQUEST and len(frame) == 4 and isinstance(frame[1], int):
+            _, rid, op, args = frame
+            (self.waiting_receives if op == "receive" else self.waiting).append(
+                (rid, op, args, size)
+            )
             return
-        (self.waiting_receives if op == "receive" else self.waiting).append((rid, op, args))
-        self._start_waiting()
+        self.requests.release(size)
+        if kind != wire.HEARTBEAT:
+            self.send(wire.error(0, wire.ProtocolError(f"unexpected frame kind {kind!r}")))
 
     def _hello(self, rid: int, args: Any) -> None:
         if not isinstance(args, dict):
@@ -220,6 +366,10 @@ class Connection(asyncio.Protocol):
         name = args.get("name")
         self.name = name[:200] if isinstance(name, str) else ""
         self.authenticated = True
+        if self._handshake_deadline is not None:
+            self._handshake_deadline.cancel()
+        self.reader.max_frame = self.server.max_frame
+        self.reader.skip_oversized = True
         config = self.broker.config
         self.send(
             wire.reply(
@@ -231,32 +381,49 @@ class Connection(asyncio.Protocol):
                     "max_frame": self.server.max_frame,
                     "max_body": config.max_body,
                     "max_batch": config.max_batch,
+                    "max_reply": config.max_reply_bytes,
                 },
             )
         )
 
-    async def _request(self, rid: int, op: Any, args: Any) -> None:
+    async def _request(self, rid: int, op: Any, args: Any, size: int) -> None:
+        replies = Replies(self.replies)
+        try:
+            data = await self._answer(rid, op, args, replies)
+        finally:
+            self.requests.release(size)
+        self.send(data, replies.hand_over())
+
+    async def _answer(self, rid: int, op: Any, args: Any, replies: Replies) -> bytes:
         try:
             if op == "consume":
-                result: Any = await self._consume(args)
+                result: Any = await self.subs.consume(args)
             elif op == "cancel":
-                result = self._cancel(args)
+                result = self.subs.cancel(args)
             else:
                 if op in ("ack", "nack", "dead") and self.subs:
                     # The consumer has room again as soon as it settles: its
                     # next claim can share the settle's group commit.
-                    self._return_credit(args)
-                result = await operations.call(self.broker, op, args, self)
+                    self.subs.return_credit(args)
+                result = await operations.call(self.broker, op, args, self, replies)
         except ConveyorError as exc:
-            self.send(wire.error(rid, exc))
-            return
+            return wire.error(rid, exc)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.exception("request %s from %s failed", op, self.peer)
-            self.send(wire.error(rid, ConveyorError(f"internal error: {exc.__class__.__name__}")))
-            return
-        self.send(wire.reply(rid, result))
+            return wire.error(rid, ConveyorError(f"internal error: {exc.__class__.__name__}"))
+        data = wire.reply(rid, result)
+        if len(data) - 4 > self.server.max_frame:
+            log.warning("the reply to %s for %s takes %d bytes: refused", op, self.peer, len(data))
+            return wire.error(
+                rid,
+                wire.ReplyTooLarge(
+                    f"the reply to {op} takes {len(data) - 4} bytes, more than the frame"
+                    f" limit of {self.server.max_frame}"
+                ),
+            )
+        return data
 
     # -- consumer session and subscriptions ---------------------------------
 
@@ -268,76 +435,45 @@ class Connection(asyncio.Protocol):
                 )
             return self.session_id
 
-    async def _consume(self, args: Any) -> dict[str, int]:
-        if not isinstance(args, dict):
-            raise InvalidArgument("consume needs {queue, prefetch}")
-        queue, prefetch = args.get("queue"), args.get("prefetch", 1)
-        if not isinstance(queue, str):
-            raise InvalidArgument("consume needs a queue name")
-        if (
-            isinstance(prefetch, bool)
-            or not isinstance(prefetch, int)
-            or not 1 <= prefetch <= 10_000
-        ):
-            raise InvalidArgument("prefetch is an integer from 1 to 10000")
-        sub_id = args.get("sub")
-        if sub_id is None:  # the server chooses
-            sub_id = self.next_sub
-            while sub_id in self.subs:
-                sub_id += 1
-            self.next_sub = sub_id + 1
-        elif isinstance(sub_id, bool) or not isinstance(sub_id, int) or sub_id < 1:
-            raise InvalidArgument("sub is a positive integer chosen by the client")
-        elif sub_id in self.subs:
-            raise InvalidArgument(f"subscription {sub_id} is already open on this connection")
-        await self.broker.get_queue(queue)
-        session = await self.session(prefetch)
-        if sub_id in self.subs:  # opened meanwhile by a pipelined twin
-            raise InvalidArgument(f"subscription {sub_id} is already open on this connection")
-        sub = CreditedConsumer(
-            self.broker,
-            session,
-            queue,
-            prefetch,
-            lambda got: self.send(wire.encode((wire.PUSH, sub_id, got))),
-            lambda exc: self._end_subscription(sub_id, exc),
-            self.writable,
-        )
-        self.subs[sub_id] = sub
-        sub.start()
-        return {"sub": sub_id}
-
-    def _end_subscription(self, sub_id: int, exc: ConveyorError) -> None:
-        self.subs.pop(sub_id, None)
-        if isinstance(exc, SessionNotFound | BrokerClosed):
-            self.abort()  # the session is gone: the client must start afresh
-        else:  # the queue was deleted, say
-            self.send(wire.encode((wire.SUB_END, sub_id, exc.code, exc.message)))
-
-    def _cancel(self, args: Any) -> bool:
-        sub_id = args.get("sub") if isinstance(args, dict) else None
-        sub = self.subs.pop(sub_id, None) if isinstance(sub_id, int) else None
-        if sub is None:
-            return False
-        sub.stop()
-        return True
-
-    def _return_credit(self, args: Any) -> None:
-        items = args.get("items") if isinstance(args, dict) else None
-        if isinstance(items, list):
-            ids = [i["id"] for i in items if isinstance(i, dict) and isinstance(i.get("id"), str)]
-            return_credit(self.subs, ids)
-
     # -- writing, flow control and heartbeats -------------------------------
 
-    def send(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
-            self.last_out = time.monotonic()
+    def send(self, data: bytes, reserved: int = 0) -> None:
+        """Write a frame; ``reserved``: reply bytes counted for it, released
+        once the socket has taken it (at once unless it is backed up)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            self.replies.release(reserved)
+            return
+        transport.write(data)
+        self.last_out = time.monotonic()
+        if transport.get_write_buffer_size() <= LOW_WATER:
+            self.replies.release(reserved + self.unsent)
+            if self.unsent:
+                self.unsent = 0
+                self.server.draining.discard(self)
+            return
+        # Backed up: the frame's bytes stay counted until the buffer drains.
+        if len(data) > reserved:
+            self.replies.force(len(data) - reserved)
+        else:
+            self.replies.release(reserved - len(data))
+        self.unsent += len(data)
+        self.server.draining.add(self)
+
+    def check_drained(self) -> None:
+        """Release the reply bytes counted while the send buffer was backed
+        up, once it has drained."""
+        if not self.unsent:
+            return
+        if self.transport is None or self.transport.get_write_buffer_size() <= LOW_WATER:
+            unsent, self.unsent = self.unsent, 0
+            self.server.draining.discard(self)
+            self.replies.release(unsent)
 
     def _start_waiting(self) -> None:
         """Start the requests read so far, as far as the bounds allow; stop
-        reading while any has to wait, resume once none does."""
+        reading while any has to wait, or there is no room for what comes
+        next; resume once neither holds."""
         while self._room() and (self.waiting or self.waiting_receives):
             if self.waiting:
                 self._spawn(self._request(*self.waiting.popleft()))
@@ -349,8 +485,37 @@ class Connection(asyncio.Protocol):
                 break
         if self.waiting or self.waiting_receives or not self._room():
             self._pause_reading()
+        elif not self._may_read():
+            self.starved = True
+            self._pause_reading()
         else:
+            self.starved = False
             self._resume_reading()
+
+    def _may_read(self) -> bool:
+        """Whether what comes next has room: the frame now arriving gets its
+        bytes reserved before its body is buffered (reading on then costs
+        nothing new), or else there is room for requests and for replies."""
+        pending = self.reader.pending
+        if pending > self.arriving:
+            taken = self.requests.try_take(pending - self.arriving, pending - self.arriving)
+            if not taken:
+                return False
+            self.arriving += taken
+        if self.arriving:
+            return True
+        return self.requests.has_room() and self.replies.has_room()
+
+    def _room_freed(self) -> None:
+        """Bytes were freed in a pool: a connection that stopped reading for
+        want of room looks again (soon, not inside whoever freed them)."""
+        if self.starved and self._room_handle is None and not self.refused:
+            self._room_handle = self.loop.call_soon(self._look_again)
+
+    def _look_again(self) -> None:
+        self._room_handle = None
+        if self.transport is not None and not self.transport.is_closing():
+            self._start_waiting()
 
     def _room(self) -> bool:
         return self.writable.is_set() and len(self.tasks) < self.server.max_inflight
@@ -391,10 +556,26 @@ class Connection(asyncio.Protocol):
             log.log(level, "%s silent for %.1fs: closing", self.peer, now - self.last_in)
             self.abort()
             return
+        self.check_drained()
+        if self._stalled(now) > 3 * hb:
+            log.info("%s has read nothing for %.1fs: closing", self.peer, self._stalled(now))
+            self.abort()
+            return
         if now - self.last_out >= hb * 0.9:
             self.send(wire.HEARTBEAT_FRAME)
         self._beat_session()
         self._ticker = self.loop.call_later(hb, self._tick)
+
+    def _stalled(self, now: float) -> float:
+        """For how long the send buffer has held bytes without shrinking: a
+        client that reads takes some of it within a heartbeat or two."""
+        backlog = self.transport.get_write_buffer_size() if self.transport is not None else 0
+        if backlog == 0 or backlog < self.backlog_seen:
+            self.stalled_since = None
+        elif self.stalled_since is None:
+            self.stalled_since = now
+        self.backlog_seen = backlog
+        return 0.0 if self.stalled_since is None else now - self.stalled_since
 
     def _beat_session(self) -> None:
         """The client is alive while it talks: keep its session alive too."""

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from conveyor.broker.broker import Broker, BrokerConfig
 from conveyor.core.errors import InvalidArgument
+from conveyor.server import native
 from conveyor.server.native import NativeServer
 from conveyor.store.base import Store
 
@@ -50,6 +51,11 @@ class ServiceOptions:
     session_timeout: float = 10.0
     token_source: str = "--token"  # where the token came from, for the log (never the token)
     insecure: bool = False  # serve without a token on an address other than loopback
+    # What clients can make the server hold (docs/operations.md, "Limits").
+    max_connections: int = native.DEFAULT_MAX_CONNECTIONS
+    handshake_timeout: float = native.DEFAULT_HANDSHAKE_TIMEOUT
+    max_connection_bytes: int = native.DEFAULT_CONNECTION_BYTES
+    max_total_bytes: int = native.DEFAULT_TOTAL_BYTES
 
 
 def open_store(options: ServiceOptions) -> Store:
@@ -152,6 +158,10 @@ class Service:
             token=options.token,
             ssl_context=context,
             heartbeat=options.heartbeat,
+            max_connections=options.max_connections,
+            handshake_timeout=options.handshake_timeout,
+            max_connection_bytes=options.max_connection_bytes,
+            max_total_bytes=options.max_total_bytes,
         )
         self.http: HttpApi | None = None
         if options.http_port is not None:

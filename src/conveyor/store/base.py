@@ -56,6 +56,22 @@ class EnqueueOp(msgspec.Struct, frozen=True):
     idempotency_until: float = 0.0
 
 
+# What a message counts towards a reply's byte budget, besides its body and
+# its stored headers (and, for a dead letter, its last error and reason): its
+# id, queue, group, dedup key, numbers and field names, all bounded, with room
+# to spare. Every store counts a message the same way, in its claim statement
+# and in its dead-letter page, so that a reply of what it returns always fits
+# the frame it is sent in.
+MESSAGE_OVERHEAD = 4096
+DEFAULT_MAX_REPLY_BYTES = 16 * 1024 * 1024
+
+
+def delivery_size(body: int, headers: int) -> int:
+    """What one delivery counts: ``body`` and ``headers`` are the byte
+    lengths of the stored body and headers (0: none)."""
+    return body + headers + MESSAGE_OVERHEAD
+
+
 class ClaimOp(msgspec.Struct, frozen=True):
     queue: str
     session: str
@@ -65,6 +81,10 @@ class ClaimOp(msgspec.Struct, frozen=True):
     # Buckets the rendezvous ring gives this session; grouped messages come
     # only from those of them that no other session still holds a lease in.
     buckets: list[int]
+    # The deliveries' sizes (delivery_size) add up to at most this: the claim
+    # stops before the message that would pass it, but always takes the
+    # first one, so every message claimed is sent.
+    max_bytes: int = DEFAULT_MAX_REPLY_BYTES
 
 
 class ClaimResult(msgspec.Struct, frozen=True):
@@ -72,6 +92,7 @@ class ClaimResult(msgspec.Struct, frozen=True):
     # When nothing more is claimable now: the earliest time a scheduled
     # message of the queue becomes ready, if any.
     next_at: float | None
+    size: int = 0  # the deliveries' sizes added up (delivery_size)
 
 
 class SettleOp(msgspec.Struct, frozen=True):
@@ -165,7 +186,14 @@ class Store(Protocol):
     async def sweep(self, now: float) -> Swept: ...
 
     # Dead letters
-    async def dead_letters(self, queue: str, limit: int, after: str | None) -> list[Message]: ...
+    async def dead_letters(
+        self, queue: str, limit: int, after: str | None, max_bytes: int = DEFAULT_MAX_REPLY_BYTES
+    ) -> list[Message]:
+        """Up to ``limit`` dead letters after id ``after``, oldest first, of
+        at most ``max_bytes`` counted as delivery_size plus the bytes of
+        their last error and reason (always at least one)."""
+        ...
+
     async def redrive(self, queue: str, ids: list[str] | None, now: float) -> int: ...
 
     # Topics

@@ -39,7 +39,14 @@ from conveyor.core.types import (
     QueueConfig,
     ResultStatus,
 )
-from conveyor.store.base import ClaimOp, ClaimResult, Settled, Swept
+from conveyor.store.base import (
+    MESSAGE_OVERHEAD,
+    ClaimOp,
+    ClaimResult,
+    Settled,
+    Swept,
+    delivery_size,
+)
 from conveyor.store.postgres.node import Effects, NodeState
 from conveyor.store.postgres.queries import Q
 
@@ -73,7 +80,10 @@ async def claim(conn: Connection, node: NodeState, op: ClaimOp) -> ClaimResult:
         raise SessionNotFound(f"session {op.session!r} is closed or expired")
     config = node.settings(op.queue, config_text)
     deadline = op.now + op.visibility
-    args = (op.queue, op.now, op.limit, op.session, node.token_floor, deadline)
+    args = (
+        op.queue, op.now, op.limit, op.session, node.token_floor, deadline,
+        op.max_bytes, MESSAGE_OVERHEAD,
+    )  # fmt: skip
     if op.buckets and grouped_ready:
         rows = await _claim_grouped(conn, op, args)
     else:
@@ -82,11 +92,12 @@ async def claim(conn: Connection, node: NodeState, op: ClaimOp) -> ClaimResult:
     # RETURNING gives rows in no particular order: restore delivery order.
     rows.sort(key=lambda r: (-r[3], r[9], r[0]))
     deliveries = [_delivery(op, config, r, deadline) for r in rows]
+    size = sum(delivery_size(len(r[1]), len(r[2]) if r[2] is not None else 0) for r in rows)
     next_at = None
     if len(deliveries) < op.limit:
         # More were due than one claim promotes: the rest are due now.
         next_at = op.now if promoted >= PROMOTE_LIMIT else next_after
-    return ClaimResult(deliveries, next_at)
+    return ClaimResult(deliveries, next_at, size)
 
 
 async def _claim_grouped(conn: Connection, op: ClaimOp, args: tuple[Any, ...]) -> list[Any]:

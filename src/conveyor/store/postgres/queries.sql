@@ -210,18 +210,31 @@ WHERE o.queue = $1 AND o.bucket = ANY($2::integer[])
 -- sees its leases), leases the first ready messages that no other claim is taking,
 -- and records it. A claim that leased nothing answers one row of NULLs and
 -- commits without waiting for the WAL flush; a lease grant always waits.
+-- Of the $3 messages picked, only as many are leased as fit in $7 bytes, each
+-- counted as its body, its headers and $8 (the store's MESSAGE_OVERHEAD); the
+-- first always is, so that every message leased is sent. octet_length reads a
+-- TOASTed body's size from its pointer: the body itself is not fetched. The
+-- rows picked but left stay locked until the claim commits, and other claims
+-- skip them meanwhile.
 WITH s AS (SELECT id FROM sessions WHERE id = $4 FOR KEY SHARE),
 picked AS (
-    SELECT seq FROM messages
+    SELECT seq, priority, available_at,
+           octet_length(body) + coalesce(octet_length(headers), 0) + $8 AS size
+    FROM messages
     WHERE queue = $1 AND state = 0 AND grp IS NULL AND (expires_at IS NULL OR expires_at > $2)
       AND EXISTS (SELECT 1 FROM s)
     ORDER BY priority DESC, available_at, seq LIMIT $3
     FOR UPDATE SKIP LOCKED),
+fitting AS (
+    SELECT seq FROM (
+        SELECT seq, row_number() OVER w AS n, sum(size) OVER w AS running FROM picked
+        WINDOW w AS (ORDER BY priority DESC, available_at, seq ROWS UNBOUNDED PRECEDING)) AS r
+    WHERE n = 1 OR running <= $7),
 claimed AS (
     UPDATE messages AS m
     SET state = 2, holder = $4, token = greatest(m.token + 1, $5), attempts = m.attempts + 1,
         lease_deadline = $6
-    FROM picked WHERE m.seq = picked.seq
+    FROM fitting WHERE m.seq = fitting.seq
     RETURNING m.seq, m.body, m.headers, m.priority, m.grp, m.attempts, m.max_attempts, m.token,
               m.enqueued_at, m.available_at, m.bucket),
 counted AS (
@@ -240,20 +253,27 @@ FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed
 WHERE NOT EXISTS (SELECT 1 FROM claimed);
 
 -- name: claim_grouped
--- The same, with the group heads of the buckets locked above ($7); the
+-- The same, with the group heads of the buckets locked above ($9); the
 -- session becomes the owner of the buckets it took from.
 WITH s AS (SELECT id FROM sessions WHERE id = $4 FOR KEY SHARE),
 picked AS (
-    SELECT seq FROM messages
+    SELECT seq, priority, available_at,
+           octet_length(body) + coalesce(octet_length(headers), 0) + $8 AS size
+    FROM messages
     WHERE queue = $1 AND state = 0 AND (expires_at IS NULL OR expires_at > $2)
-      AND (grp IS NULL OR bucket = ANY($7::integer[])) AND EXISTS (SELECT 1 FROM s)
+      AND (grp IS NULL OR bucket = ANY($9::integer[])) AND EXISTS (SELECT 1 FROM s)
     ORDER BY priority DESC, available_at, seq LIMIT $3
     FOR UPDATE SKIP LOCKED),
+fitting AS (
+    SELECT seq FROM (
+        SELECT seq, row_number() OVER w AS n, sum(size) OVER w AS running FROM picked
+        WINDOW w AS (ORDER BY priority DESC, available_at, seq ROWS UNBOUNDED PRECEDING)) AS r
+    WHERE n = 1 OR running <= $7),
 claimed AS (
     UPDATE messages AS m
     SET state = 2, holder = $4, token = greatest(m.token + 1, $5), attempts = m.attempts + 1,
         lease_deadline = $6
-    FROM picked WHERE m.seq = picked.seq
+    FROM fitting WHERE m.seq = fitting.seq
     RETURNING m.seq, m.body, m.headers, m.priority, m.grp, m.attempts, m.max_attempts, m.token,
               m.enqueued_at, m.available_at, m.bucket),
 owned AS (
@@ -460,9 +480,22 @@ INSERT INTO session_counts SELECT session, sum(delivered), sum(acked) FROM gone 
 -- == dead letters ============================================================
 
 -- name: dead_page
-SELECT seq, body, headers, priority, grp, dedup_key, attempts, max_attempts, enqueued_at,
-       available_at, expires_at, last_error, dead_reason, dead_at
-FROM messages WHERE queue = $1 AND state = 3 AND seq > $2 ORDER BY seq LIMIT $3;
+-- At most $3 dead letters after seq $2, and of those only as many as fit in
+-- $5 bytes, each counted as its body, headers, last error, reason and $4 (the
+-- first always goes).
+WITH page AS (
+    SELECT seq, octet_length(body) + coalesce(octet_length(headers), 0)
+                + coalesce(octet_length(last_error), 0) + coalesce(octet_length(dead_reason), 0)
+                + $4 AS size
+    FROM messages WHERE queue = $1 AND state = 3 AND seq > $2 ORDER BY seq LIMIT $3),
+fitting AS (
+    SELECT seq FROM (
+        SELECT seq, row_number() OVER w AS n, sum(size) OVER w AS running FROM page
+        WINDOW w AS (ORDER BY seq ROWS UNBOUNDED PRECEDING)) AS r
+    WHERE n = 1 OR running <= $5)
+SELECT m.seq, m.body, m.headers, m.priority, m.grp, m.dedup_key, m.attempts, m.max_attempts,
+       m.enqueued_at, m.available_at, m.expires_at, m.last_error, m.dead_reason, m.dead_at
+FROM messages AS m JOIN fitting USING (seq) ORDER BY m.seq;
 
 -- name: dead_lock
 -- The dead letters to redrive (all of the queue's when $2 is NULL).

@@ -47,6 +47,8 @@ from conveyor.core.types import (
     SessionInfo,
 )
 from conveyor.store.base import (
+    DEFAULT_MAX_REPLY_BYTES,
+    MESSAGE_OVERHEAD,
     ClaimOp,
     ClaimResult,
     EnqueueOp,
@@ -479,11 +481,13 @@ class PostgresStore:
 
     # -- dead letters -----------------------------------------------------
 
-    async def dead_letters(self, queue: str, limit: int, after: str | None) -> list[Message]:
+    async def dead_letters(
+        self, queue: str, limit: int, after: str | None, max_bytes: int = DEFAULT_MAX_REPLY_BYTES
+    ) -> list[Message]:
         async def page(conn: driver.Connection) -> list[Message]:
             config = await queues.existing(conn, queue)
             start = parse_id(after) if after is not None else -1
-            rows = await conn.fetch(Q.dead_page, queue, start, limit)
+            rows = await conn.fetch(Q.dead_page, queue, start, limit, MESSAGE_OVERHEAD, max_bytes)
             return [queues.dead_message(queue, config, row) for row in rows]
 
         return await self._pooled(page)

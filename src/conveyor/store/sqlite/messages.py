@@ -30,7 +30,16 @@ from conveyor.core.types import (
     PreparedMessage,
     ResultStatus,
 )
-from conveyor.store.base import ClaimOp, ClaimResult, EnqueueOp, Settled, SettleOp, Swept
+from conveyor.store.base import (
+    MESSAGE_OVERHEAD,
+    ClaimOp,
+    ClaimResult,
+    EnqueueOp,
+    Settled,
+    SettleOp,
+    Swept,
+    delivery_size,
+)
 from conveyor.store.sqlite.queries import Q
 
 if TYPE_CHECKING:
@@ -183,18 +192,16 @@ def claim(state: StoreState, tx: Transaction, op: ClaimOp) -> ClaimResult:
         if allowed:
             buckets = json.dumps([b for (b,) in allowed])
     deadline = now + op.visibility
+    args = (op.session, state.token_floor, deadline, op.queue, now, op.limit)
+    sized = (MESSAGE_OVERHEAD, op.max_bytes)
     if buckets is None:
-        rows = conn.execute(
-            Q.claim_plain, (op.session, state.token_floor, deadline, op.queue, now, op.limit)
-        ).fetchall()
+        rows = conn.execute(Q.claim_plain, (*args, *sized)).fetchall()
     else:
-        rows = conn.execute(
-            Q.claim_grouped,
-            (op.session, state.token_floor, deadline, op.queue, now, buckets, op.limit),
-        ).fetchall()
+        rows = conn.execute(Q.claim_grouped, (*args, *sized, buckets)).fetchall()
     # RETURNING gives rows in no particular order: restore delivery order.
     rows.sort(key=lambda r: (-r[3], r[9], r[0]))
     deliveries = []
+    size = 0
     owned: set[int] = set()
     for (
         seq,
@@ -225,6 +232,7 @@ def claim(state: StoreState, tx: Transaction, op: ClaimOp) -> ClaimResult:
                 enqueued_at=enqueued_at,
             )
         )
+        size += delivery_size(len(body), len(headers) if headers is not None else 0)
         if grp is not None:
             owned.add(bucket)
     if owned:
@@ -237,7 +245,7 @@ def claim(state: StoreState, tx: Transaction, op: ClaimOp) -> ClaimResult:
     next_at = None
     if len(deliveries) < op.limit:
         next_at = conn.execute(Q.next_scheduled, (op.queue,)).fetchone()[0]
-    return ClaimResult(deliveries, next_at)
+    return ClaimResult(deliveries, next_at, size)
 
 
 # -- settling leases ---------------------------------------------------------

@@ -49,23 +49,44 @@ WHERE NOT EXISTS (
                     AND l.bucket = o.bucket));
 
 -- name: claim_plain
+-- Leases the first ready messages: at most ?6 of them, and of those only as
+-- many as fit in ?8 bytes, each counted as its body, its headers and ?7 (the
+-- store's MESSAGE_OVERHEAD); the first always goes, so that every message
+-- leased is sent. The lengths come from the rows' headers: a large body is not read.
 UPDATE messages
-SET state = 2, holder = ?, token = max(token + 1, ?), attempts = attempts + 1, lease_deadline = ?
-WHERE seq IN (SELECT seq FROM messages
-              WHERE queue = ? AND state = 0 AND grp IS NULL
-                AND (expires_at IS NULL OR expires_at > ?)
-              ORDER BY priority DESC, available_at, seq LIMIT ?)
+SET state = 2, holder = ?1, token = max(token + 1, ?2), attempts = attempts + 1,
+    lease_deadline = ?3
+WHERE seq IN (
+    SELECT seq FROM (
+        SELECT seq, row_number() OVER w AS n, sum(size) OVER w AS running
+        FROM (SELECT seq, priority, available_at,
+                     length(body) + coalesce(length(headers), 0) + ?7 AS size
+              FROM messages
+              WHERE queue = ?4 AND state = 0 AND grp IS NULL
+                AND (expires_at IS NULL OR expires_at > ?5)
+              ORDER BY priority DESC, available_at, seq LIMIT ?6)
+        WINDOW w AS (ORDER BY priority DESC, available_at, seq ROWS UNBOUNDED PRECEDING))
+    WHERE n = 1 OR running <= ?8)
 RETURNING seq, body, headers, priority, grp, attempts, max_attempts, token, enqueued_at,
           available_at, bucket;
 
 -- name: claim_grouped
+-- The same, with group heads of the buckets ?9 (a JSON array).
 UPDATE messages
-SET state = 2, holder = ?, token = max(token + 1, ?), attempts = attempts + 1, lease_deadline = ?
-WHERE seq IN (SELECT seq FROM messages
-              WHERE queue = ? AND state = 0
-                AND (expires_at IS NULL OR expires_at > ?)
-                AND (grp IS NULL OR bucket IN (SELECT value FROM json_each(?)))
-              ORDER BY priority DESC, available_at, seq LIMIT ?)
+SET state = 2, holder = ?1, token = max(token + 1, ?2), attempts = attempts + 1,
+    lease_deadline = ?3
+WHERE seq IN (
+    SELECT seq FROM (
+        SELECT seq, row_number() OVER w AS n, sum(size) OVER w AS running
+        FROM (SELECT seq, priority, available_at,
+                     length(body) + coalesce(length(headers), 0) + ?7 AS size
+              FROM messages
+              WHERE queue = ?4 AND state = 0
+                AND (expires_at IS NULL OR expires_at > ?5)
+                AND (grp IS NULL OR bucket IN (SELECT value FROM json_each(?9)))
+              ORDER BY priority DESC, available_at, seq LIMIT ?6)
+        WINDOW w AS (ORDER BY priority DESC, available_at, seq ROWS UNBOUNDED PRECEDING))
+    WHERE n = 1 OR running <= ?8)
 RETURNING seq, body, headers, priority, grp, attempts, max_attempts, token, enqueued_at,
           available_at, bucket;
 
@@ -258,9 +279,22 @@ DELETE FROM messages WHERE queue = ? AND state IN (0, 1, 4);
 UPDATE queues SET ready = 0, scheduled = 0, blocked = 0 WHERE name = ?;
 
 -- name: dead_page
+-- At most ?3 dead letters after seq ?2, and of those only as many as fit in
+-- ?5 bytes, each counted as its body, headers, last error, reason and ?4
+-- (the first always goes).
 SELECT seq, body, headers, priority, grp, dedup_key, attempts, max_attempts, enqueued_at,
        available_at, expires_at, last_error, dead_reason, dead_at
-FROM messages WHERE queue = ? AND state = 3 AND seq > ? ORDER BY seq LIMIT ?;
+FROM messages
+WHERE seq IN (
+    SELECT seq FROM (
+        SELECT seq, row_number() OVER w AS n, sum(size) OVER w AS running
+        FROM (SELECT seq, length(body) + coalesce(length(headers), 0)
+                          + coalesce(length(CAST(last_error AS BLOB)), 0)
+                          + coalesce(length(CAST(dead_reason AS BLOB)), 0) + ?4 AS size
+              FROM messages WHERE queue = ?1 AND state = 3 AND seq > ?2 ORDER BY seq LIMIT ?3)
+        WINDOW w AS (ORDER BY seq ROWS UNBOUNDED PRECEDING))
+    WHERE n = 1 OR running <= ?5)
+ORDER BY seq;
 
 -- name: dead_all
 SELECT seq, grp FROM messages WHERE queue = ? AND state = 3 ORDER BY seq;

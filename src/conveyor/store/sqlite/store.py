@@ -46,6 +46,8 @@ from conveyor.core.types import (
     SessionInfo,
 )
 from conveyor.store.base import (
+    DEFAULT_MAX_REPLY_BYTES,
+    MESSAGE_OVERHEAD,
     ClaimOp,
     ClaimResult,
     EnqueueOp,
@@ -382,11 +384,14 @@ class SqliteStore:
 
     # -- dead letters -----------------------------------------------------
 
-    async def dead_letters(self, queue: str, limit: int, after: str | None) -> list[Message]:
+    async def dead_letters(
+        self, queue: str, limit: int, after: str | None, max_bytes: int = DEFAULT_MAX_REPLY_BYTES
+    ) -> list[Message]:
         def page(state: StoreState, tx: Transaction) -> list[Message]:
             config = state.config(queue)
             start = parse_id(after) if after is not None else -1
-            rows = tx.conn.execute(Q.dead_page, (queue, start, limit)).fetchall()
+            args = (queue, start, limit, MESSAGE_OVERHEAD, max_bytes)
+            rows = tx.conn.execute(Q.dead_page, args).fetchall()
             return [_dead_message(queue, config, row) for row in rows]
 
         return await self._run(page)
