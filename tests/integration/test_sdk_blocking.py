@@ -24,6 +24,7 @@ from conveyor.client.blocking import BlockingCalls, run_inline
 from conveyor.client.native import ConnectionLost, NativeTransport
 from conveyor.core import wire
 from conveyor.core.errors import QueueNotFound
+from requires import unavailable
 
 
 def test_threads_share_one_client_and_nothing_is_stored_twice(
@@ -129,8 +130,9 @@ def test_a_broker_that_stays_away_is_connection_lost(start_server: StartServer) 
     client.close()
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_makes_connections_of_its_own(server: ServerProcess, queue: str) -> None:
+    if not hasattr(os, "fork"):
+        unavailable("needs os.fork")
     with conveyor.Client(server.url, timeout=10) as client:
         client.create_queue(queue)
         client.enqueue(queue, b"parent, before")

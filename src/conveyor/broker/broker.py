@@ -68,11 +68,6 @@ from conveyor.store.base import (
 
 _Item = TypeVar("_Item", Ack, Nack, Extend, Dead)
 
-# A long-poll looks at its queue again after this many seconds even without a
-# change it heard of (another node may have freed a bucket), and a short claim
-# is trusted to stand for no longer than this.
-DRAINED_FOR = 1.0
-
 
 class BrokerConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_body: int = 1 << 20  # bytes per message body
@@ -84,6 +79,10 @@ class BrokerConfig(msgspec.Struct, frozen=True, kw_only=True):
     config_max_age: float = 1.0  # how long cached queue configs/bindings are trusted
     consumer_idle: float = 30.0  # a session that has not received for this long owns no buckets
     idempotency_window: float = 300.0  # how long a producer's retry key is remembered
+    # A long-poll looks at its queue again after this many seconds even without
+    # a change it heard of (another node may have freed a bucket), and a short
+    # claim is trusted to stand for no longer than this.
+    recheck_interval: float = 1.0
 
 
 class Broker:
@@ -463,9 +462,9 @@ class Broker:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return []
-                # Wake for a change, for the next delayed message, or after a
-                # second at most (a bucket that frees up on another node).
-                pause = min(remaining, DRAINED_FOR)
+                # Wake for a change, for the next delayed message, or after
+                # the re-check interval (a bucket that frees up on another node).
+                pause = min(remaining, self.config.recheck_interval)
                 if next_at is not None:
                     pause = min(pause, max_(next_at - now, 0.0))
                 await waiters.wait(waiter, pause)
@@ -502,12 +501,12 @@ class Broker:
         """The session's last short claim of the queue, if claiming again now
         would surely find nothing: the queue has not changed since, no delayed
         message came due, the session owns the same buckets, and it was less
-        than a second ago."""
+        than the re-check interval ago."""
         drained = self._drained.get(session, {}).get(queue)
         if (
             drained is None
             or drained.version != self._waiters.version(queue)
-            or not 0 <= now - drained.at < DRAINED_FOR
+            or not 0 <= now - drained.at < self.config.recheck_interval
             or (drained.next_at is not None and now >= drained.next_at)
             or drained.buckets != buckets
         ):
