@@ -2,7 +2,9 @@
 
 ``store_factory`` is parametrized over every Store the project has. SQLite
 always runs (an fsync file store and an in-memory one); a store whose service
-is unreachable is skipped locally and fails under CI=true.
+is unreachable is skipped locally and fails under CI=true (requires.py). A
+test that means only some stores says so with ``@pytest.mark.stores(...)``:
+the others are deselected, not skipped, so no parameter skips in CI.
 
 PostgreSQL: ``CONVEYOR_TEST_POSTGRES`` (default
 postgresql://postgres@127.0.0.1:5432/test) names the database; each test gets
@@ -25,8 +27,9 @@ import pytest
 from conveyor.broker.broker import Broker, BrokerConfig
 from conveyor.store.base import Store
 from conveyor.store.sqlite.store import SqliteStore
+from requires import unavailable
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+STORE_KINDS = ("sqlite-file", "sqlite-memory", "postgres")
 POSTGRES_URL = os.environ.get("CONVEYOR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
@@ -85,9 +88,7 @@ def postgres_url() -> str:
             return POSTGRES_URL
         except Exception as exc:
             reason = f"PostgreSQL at {POSTGRES_URL} is unreachable: {exc}"
-    if IN_CI:
-        pytest.fail(f"{reason} (CI=true requires it)")
-    pytest.skip(reason)
+    unavailable(reason)
 
 
 async def _drop_schema(url: str, schema: str) -> None:
@@ -114,7 +115,28 @@ def postgres_schema(postgres_url: str) -> Iterator[str]:
         run_in_thread(_drop_schema(postgres_url, schema))
 
 
-@pytest.fixture(params=["sqlite-file", "sqlite-memory", "postgres"])
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "stores(*kinds): run only on these store_factory kinds (others deselected)"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the store parameters a ``stores`` marker leaves out."""
+    kept, dropped = [], []
+    for item in items:
+        marker = item.get_closest_marker("stores")
+        callspec = getattr(item, "callspec", None)
+        kind = callspec.params.get("store_factory") if callspec is not None else None
+        if marker is not None:
+            assert set(marker.args) <= set(STORE_KINDS), marker.args
+        (dropped if marker and kind and kind not in marker.args else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+@pytest.fixture(params=STORE_KINDS)
 def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
     """Makes an unopened store of one kind; each call opens the same database
     (for a persistent store)."""
@@ -142,11 +164,20 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def broker(store_factory: StoreFactory, clock: FakeClock) -> AsyncIterator[Broker]:
+def broker_config() -> BrokerConfig:
+    """The settings of the ``broker`` fixture; a test module overrides this
+    fixture to change them."""
+    return BrokerConfig(max_body=64 * 1024)
+
+
+@pytest.fixture
+async def broker(
+    store_factory: StoreFactory, clock: FakeClock, broker_config: BrokerConfig
+) -> AsyncIterator[Broker]:
     """A started broker on a fresh store, with a fake clock and no background
     monitor: tests move time with ``clock.advance`` and run the lease monitor
     with ``await broker.sweep_once()``."""
-    b = Broker(store_factory(), BrokerConfig(max_body=64 * 1024), clock=clock, monitor=False)
+    b = Broker(store_factory(), broker_config, clock=clock, monitor=False)
     await b.start()
     try:
         yield b

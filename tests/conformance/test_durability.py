@@ -1,7 +1,8 @@
 """Durability: what a persistent store holds survives closing and reopening
 it (docs/semantics.md, "Enqueue", "Sessions and heartbeats", "Stores").
 
-A store that is not persistent (SQLite in memory) skips these. A store that
+They run on the persistent stores only (SQLite in memory is deselected,
+never skipped, so that nothing here skips in CI). A store that
 is not shared belongs to one broker, so reopening it ends the previous run's
 sessions and releases their leases at once; on a shared store the sessions
 live on in the database and their leases come back when the sessions time
@@ -21,9 +22,11 @@ if TYPE_CHECKING:
     from conftest import FakeClock, StoreFactory
 
 
+pytestmark = pytest.mark.stores("sqlite-file", "postgres")
+
+
 def require_persistent(broker: Broker) -> None:
-    if not broker.store.capabilities.persistent:
-        pytest.skip(f"{broker.store.capabilities.name} store is not persistent")
+    assert broker.store.capabilities.persistent, "a persistent store was expected"
 
 
 async def reopen(broker: Broker, store_factory: StoreFactory, clock: FakeClock) -> Broker:

@@ -267,6 +267,32 @@ async def test_a_dedup_key_within_the_window_adds_nothing(broker: Broker, clock:
     assert await take_all(broker, session) == [b"after the window"]
 
 
+async def test_the_dedup_window_ends_exactly_at_its_edge(broker: Broker, clock: FakeClock) -> None:
+    """A key is remembered for ``dedup_window`` seconds from its first
+    enqueue: a tick before the edge it is a duplicate, at the edge and after
+    it a new message. One key per probe, so no probe restarts another's
+    window."""
+    clock.now = 1_700_000_000.0  # a time whose sums below are exact
+    window, tick = 300.0, 0.001
+    await broker.create_queue("q", dedup_window=window)
+    first = {
+        key: await broker.enqueue("q", key.encode(), dedup_key=key)
+        for key in ("before", "at", "after")
+    }
+    start = clock.now
+    clock.now = start + window - tick
+    assert await broker.enqueue("q", b"x", dedup_key="before") == EnqueueResult(
+        first["before"].id, duplicate=True
+    )
+    clock.now = start + window
+    at = await broker.enqueue("q", b"x", dedup_key="at")
+    assert not at.duplicate and at.id != first["at"].id
+    clock.now = start + window + tick
+    after = await broker.enqueue("q", b"x", dedup_key="after")
+    assert not after.duplicate and after.id != first["after"].id
+    assert (await broker.stats("q")).ready == 5
+
+
 async def test_dedup_applies_within_one_batch(broker: Broker) -> None:
     await broker.create_queue("q")
     results = await broker.enqueue_many(

@@ -308,3 +308,36 @@ async def test_a_consumer_that_stopped_receiving_owns_no_buckets(
             assert owners[bucket_of(d.group, buckets)] == session
             received += 1
     assert received == buckets, "grouped messages stranded with a consumer gone quiet"
+
+
+async def test_consumer_idle_ends_a_consumers_buckets_exactly_at_its_edge(
+    broker: Broker, clock: FakeClock
+) -> None:
+    """A session that last tried to receive ``consumer_idle`` seconds ago
+    still owns buckets; a tick later it owns none. Each probe is a queue of
+    its own, which the quiet session last received from at the same time,
+    and a new session whose first receive there makes the broker share the
+    queue's buckets out afresh."""
+    clock.now = 1_700_000_000.0  # a time whose sums below are exact
+    idle, tick, buckets = broker.config.consumer_idle, 0.001, 16
+    groups = one_group_per_bucket(buckets)
+    probes = {"before": -tick, "at": 0.0, "after": tick}
+    quiet = await broker.open_session("quiet", timeout=10_000)
+    prober = await broker.open_session("prober", timeout=10_000)
+    for name in probes:
+        await broker.create_queue(name, buckets=buckets)
+        assert await broker.receive(quiet, name) == []  # its last try: now
+        await broker.enqueue_many(
+            name, [NewMessage(body=g.encode(), group=g) for g in groups.values()]
+        )
+    start = clock.now
+    for name, offset in probes.items():
+        clock.now = start + idle + offset
+        got = await broker.receive(prober, name, max=100)
+        if name == "after":
+            assert len(got) == buckets, "a quiet session kept its buckets past consumer_idle"
+        else:
+            owners = bucket_owners({quiet: 1.0, prober: 1.0}, name, buckets)
+            mine = {b for b, owner in owners.items() if owner == prober}
+            assert 0 < len(mine) < buckets
+            assert {bucket_of(d.group or "", buckets) for d in got} == mine, name

@@ -97,14 +97,29 @@ class GroupLedger:
         return not self.held and all(n and n[-1] == 5 for n in self.order.values())
 
 
+async def drain(broker: Broker, sessions: list[str], ledger: GroupLedger) -> None:
+    """Ack what is held, then take whatever is left, each message from the
+    owner of its bucket."""
+    for _, d in ledger.held.values():
+        await broker.ack(d.id, d.token)
+    ledger.held.clear()
+    while got := [(s, d) for s in sessions for d in await broker.receive(s, "q", max=100)]:
+        for s, d in got:
+            ledger.delivered(s, d)
+            await broker.ack(d.id, d.token)
+        ledger.held.clear()
+
+
 async def test_concurrent_consumers_keep_groups_in_order_and_exclusive(broker: Broker) -> None:
+    """Each group's messages come in enqueues of their own: the first three
+    before the consumers start, the last three racing them (one per group
+    and step), so a message must be held back behind one that an earlier
+    enqueue stored, not only behind one of its own batch."""
     await broker.create_queue("q", buckets=4, visibility_timeout=3600)
     groups = [f"g{n}" for n in range(12)]
-    await broker.enqueue_many(
-        "q",
-        [NewMessage(body=f"{g}/{n}".encode(), group=g) for n in range(6) for g in groups]
-        + [NewMessage(body=b"plain/%d" % n) for n in range(20)],
-    )
+    for n in range(3):
+        await asyncio.gather(*(broker.enqueue("q", f"{g}/{n}".encode(), group=g) for g in groups))
+    await broker.enqueue_many("q", [NewMessage(body=b"plain/%d" % n) for n in range(20)])
     sessions = [await broker.open_session(f"c{n}") for n in range(3)]
     ledger = GroupLedger(groups, 4)
     rng = random.Random(11)
@@ -120,6 +135,8 @@ async def test_concurrent_consumers_keep_groups_in_order_and_exclusive(broker: B
             broker.receive(s, "q", max=rng.randint(1, 4)) for s in sessions
         ]
         calls += [broker.ack(i, ledger.held[i][1].token) for i in to_ack]
+        if step < 3:  # the group's next message, while its previous ones are held
+            calls += [broker.enqueue("q", f"{g}/{3 + step}".encode(), group=g) for g in groups]
         order_of = list(range(len(calls)))
         rng.shuffle(order_of)
         results = await asyncio.gather(*(later(rng, calls[i]) for i in order_of))
@@ -132,15 +149,7 @@ async def test_concurrent_consumers_keep_groups_in_order_and_exclusive(broker: B
         ledger.check()
         if ledger.done():
             break
-    for _, d in ledger.held.values():
-        await broker.ack(d.id, d.token)
-    ledger.held.clear()
-    # Whatever is left, each from the owner of its bucket.
-    while got := [(s, d) for s in sessions for d in await broker.receive(s, "q", max=100)]:
-        for s, d in got:
-            ledger.delivered(s, d)
-            await broker.ack(d.id, d.token)
-        ledger.held.clear()
+    await drain(broker, sessions, ledger)
     stats = await broker.stats("q")
     assert (stats.ready, stats.leased, stats.acked_total) == (0, 0, 12 * 6 + 20)
     for group, numbers in ledger.order.items():

@@ -50,6 +50,7 @@ async def test_no_result_within_the_timeout_raises_result_timeout(broker: Broker
     with pytest.raises(ResultTimeout) as caught:
         await broker.result(sent.id, timeout=0.2)
     assert caught.value.code == "result_timeout"
+    # A lower bound, kept: it waited the time asked (load only makes that longer).
     assert loop.time() - started >= 0.19
     with pytest.raises(ResultTimeout):
         await broker.result(sent.id)  # timeout 0: look once

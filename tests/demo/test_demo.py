@@ -19,11 +19,12 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.chaos,
-    pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc"),
-]
+from requires import unavailable
+
+pytestmark = [pytest.mark.slow, pytest.mark.chaos]
+
+if not Path("/proc/self/environ").exists():  # how the test finds the demo's processes
+    unavailable("needs /proc", module_level=True)
 
 MARKER = "CONVEYOR_DEMO_TEST_MARKER"
 

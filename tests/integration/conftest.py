@@ -2,8 +2,9 @@
 free loopback ports (see integration_support.py).
 
 ``server``: one broker per test module (tests use queues of their own names,
-``queue``), checked at teardown to be still alive, then stopped with SIGTERM
-and expected to exit 0. ``start_server``: a fresh broker of the test's own,
+``queue``), started with the module's ``SERVE_ARGS`` (more ``conveyor serve``
+arguments, if it has them), checked at teardown to be still alive, then
+stopped with SIGTERM and expected to exit 0. ``start_server``: a fresh broker of the test's own,
 for tests that kill and restart it; every broker it started is stopped by
 PID at teardown.
 """
@@ -20,8 +21,11 @@ from integration_support import Http, ServerProcess, StartServer
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    process = ServerProcess(tmp_path_factory.mktemp("server"))
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    extra = getattr(request.module, "SERVE_ARGS", ())
+    process = ServerProcess(tmp_path_factory.mktemp("server"), *extra)
     process.start()
     try:
         yield process

@@ -27,6 +27,7 @@ import conveyor
 CHILD = Path(__file__).with_name("producer_child.py")
 QUEUE = "orders"
 KILLS = 2
+POLL = 60.0  # the long polls of the SIGTERM test: the most a receive may wait
 
 
 def acknowledged(out: Path) -> dict[str, int]:
@@ -74,9 +75,8 @@ def test_acknowledged_enqueues_survive_a_killed_broker(
                 server.kill()
                 assert server.proc is not None and server.proc.returncode == -signal.SIGKILL
             else:
-                stopped = time.monotonic()
+                # Exit code 0: it ended by itself (stop() kills after 20 s).
                 assert server.stop() == 0, server.log_text()
-                assert time.monotonic() - stopped < 10, "the clean shutdown took too long"
             time.sleep(rng.uniform(0.1, 0.8))  # the producer retries against nothing
             restarted = time.monotonic()
             server.start()  # same data directory, same ports
@@ -132,13 +132,12 @@ def test_leases_held_when_the_broker_died_are_released_at_restart(
         held = holder.receive(QUEUE, max=4)
         assert [d.id for d in held] == sent[:4]
         server.kill()
-        restarted = time.monotonic()
         server.start()
         with conveyor.Client(server.url, name="after", timeout=10) as after:
+            # Released by the restart itself, not after the 300 s visibility.
             stats = after.stats(QUEUE)
             assert (stats.ready, stats.leased) == (10, 0), stats
             got = after.receive(QUEUE, max=10)
-            assert time.monotonic() - restarted < 10  # not after the 300 s visibility
             assert [d.id for d in got] == sent
             assert [d.attempts for d in got] == [2] * 4 + [1] * 6
             # The holder's client reconnected by itself; its old tokens are fenced.
@@ -158,14 +157,14 @@ def test_sigterm_ends_long_polls_and_exits_promptly(start_server: StartServer) -
 
     def http_poll() -> None:
         try:
-            outcomes["http"] = http.post(f"/v1/queues/{QUEUE}/receive", {"wait": 50})
+            outcomes["http"] = http.post(f"/v1/queues/{QUEUE}/receive", {"wait": POLL})
         except OSError as exc:  # the connection closed without a reply
             outcomes["http"] = exc
 
     def native_poll() -> None:
         with conveyor.Client(server.url, timeout=1) as client:
             try:
-                outcomes["native"] = client.receive(QUEUE, wait=50)
+                outcomes["native"] = client.receive(QUEUE, wait=POLL)
             except conveyor.ConveyorError as exc:
                 outcomes["native"] = exc
 
@@ -173,17 +172,29 @@ def test_sigterm_ends_long_polls_and_exits_promptly(start_server: StartServer) -
     for thread in threads:
         thread.start()
     time.sleep(0.5)  # both are waiting in the broker now
-    start = time.monotonic()
-    code = server.stop(timeout=30)
-    took = time.monotonic() - start
+    # Exit code 0 within half the polls' wait: it ended them, not waited them
+    # out (stop() kills it, with another exit code, after its timeout).
+    code = server.stop(timeout=POLL / 2)
     for thread in threads:
         thread.join(15)
-    assert code == 0, server.log_text()
-    assert took < 8, f"SIGTERM waited {took:.1f}s for long polls to end"
+    assert code == 0, f"SIGTERM did not end the long polls: {server.log_text()}"
     assert set(outcomes) == {"http", "native"}, outcomes
     server.start()  # and it comes back clean
     with conveyor.Client(server.url, timeout=10) as client:
         assert client.stats(QUEUE).leased == 0
+
+
+class SetOnLog(logging.Handler):
+    """Sets an event when a record with ``text`` in its message is logged
+    (on the event loop's thread, where the client logs)."""
+
+    def __init__(self, event: asyncio.Event, text: str) -> None:
+        super().__init__()
+        self.event, self.text = event, text
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.event.set()
 
 
 @pytest.mark.chaos
@@ -197,12 +208,14 @@ async def test_a_frozen_broker_is_noticed_by_its_silence_and_the_client_comes_ba
     caplog.set_level(logging.INFO, logger="conveyor.client")
     async with conveyor.AsyncClient(server.url, timeout=30) as client:
         await client.create_queue(QUEUE)
+        noticed = asyncio.Event()
+        watcher = SetOnLog(noticed, "silent")
+        logging.getLogger("conveyor.client").addHandler(watcher)
         os.kill(server.pid, signal.SIGSTOP)
         try:
-            await asyncio.sleep(3)  # 6 heartbeats
+            await asyncio.wait_for(noticed.wait(), 30)  # after 3 heartbeats: 1.5 s
         finally:
             os.kill(server.pid, signal.SIGCONT)
-        lost = [r.getMessage() for r in caplog.records if "silent" in r.getMessage()]
-        assert lost, "the client did not notice the silence"
+            logging.getLogger("conveyor.client").removeHandler(watcher)
         sent = await client.enqueue(QUEUE, "after the freeze")
         assert (await client.stats(QUEUE)).ready == 1, sent

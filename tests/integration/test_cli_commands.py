@@ -10,8 +10,9 @@ import re
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
+from queue import Queue
 
 import pytest
 from integration_support import ServerProcess, child_env, conveyor_cli, free_port
@@ -199,18 +200,32 @@ def test_stats_watch_refreshes_until_interrupted(server: ServerProcess, queue: s
              "--url", server.url],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(),
         )  # fmt: skip
+        assert watch.stdout is not None
+        lines: Queue[str] = Queue()
+        reader = threading.Thread(target=lambda: [lines.put(line) for line in watch.stdout])
+        reader.start()
+        rows: list[list[str]] = []
+
+        def until_ready_is(ready: str) -> None:
+            """Read rows until one shows ``ready`` (the READY column)."""
+            while not rows or rows[-1][1] != ready:
+                line = lines.get(timeout=30)  # queue.Empty: no such refresh came
+                if line.startswith(queue):
+                    rows.append(line.split())
+
         try:
-            time.sleep(1.0)
+            until_ready_is("2")
             client.enqueue_many(queue, ["c"] * 40)
-            time.sleep(0.8)
+            until_ready_is("42")  # refreshed by itself
         finally:
             os.kill(watch.pid, signal.SIGINT)
-            out, err = watch.communicate(timeout=10)
+            watch.wait(10)
+            reader.join(10)
+            with watch:  # closes its pipes
+                err = watch.stderr.read() if watch.stderr is not None else ""
     assert watch.returncode == 130, (watch.returncode, err)
     assert "Traceback" not in err, err
-    rows = [line.split() for line in out.splitlines() if line.startswith(queue)]
-    assert len(rows) >= 4, out
-    assert rows[0][1] == "2" and rows[-1][1] == "42", rows  # READY, refreshed
+    assert rows[0][1] == "2", rows
 
 
 def serve(*args: str) -> subprocess.CompletedProcess[str]:

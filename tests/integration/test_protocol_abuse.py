@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import resource
 import socket
 import struct
@@ -28,6 +29,7 @@ from integration_support import (
 
 import conveyor
 from conveyor.core import wire
+from requires import unavailable
 
 HELLO = {"version": wire.VERSION, "token": None, "name": "abuser"}
 
@@ -178,19 +180,25 @@ def test_pipelined_requests_are_all_answered(server: ServerProcess, queue: str) 
         assert conn.call("purge", {"queue": queue}) == 300
 
 
-@pytest.mark.slow
 def test_a_stalled_partial_frame_is_dropped_by_the_heartbeat(
-    server: ServerProcess, queue: str
+    start_server: StartServer,
 ) -> None:
     """A client that sends half a frame and then nothing (no heartbeats) is
-    closed after three heartbeat intervals (2 s each), not kept forever."""
+    closed for its silence (three heartbeat intervals), not kept forever and
+    not for the half frame."""
+    # Debug: the server logs a silent connection without a session there.
+    server = start_server("--heartbeat", "0.5", "--log-level", "debug")
     with RawConnection(server.port, timeout=20) as conn:
         conn.hello()
         conn.send(struct.pack(">I", 500) + b"\x94\x00")
-        start = time.monotonic()
-        conn.read_to_eof(timeout=15)
-        assert 4 < time.monotonic() - start < 12
-    assert_still_serving(server, queue)
+        port = conn.sock.getsockname()[1]
+        assert error_codes(conn.read_to_eof(timeout=15)) == []
+    wait_until(
+        lambda: re.search(rf"127\.0\.0\.1:{port} silent for [\d.]+s: closing", server.log_text()),
+        10,
+        "the server to log why it closed the connection",
+    )
+    assert_still_serving(server, "after-stall")
 
 
 # -- a client that stops reading ------------------------------------------------------
@@ -233,7 +241,9 @@ def stalled_reader(port: int) -> RawConnection:
 def test_a_consumer_that_stops_reading_does_not_grow_the_server(
     start_server: StartServer,
 ) -> None:
-    server = start_server("--durability", "os")
+    # A session timeout far beyond the wait below: only the closed
+    # connection can release the stalled consumer's leases in time.
+    server = start_server("--durability", "os", "--session-timeout", "60")
     queue = "big"
     ids = fill_big_queue(server, queue)
     base = server.rss_kib()
@@ -265,7 +275,7 @@ def test_a_consumer_that_stops_reading_does_not_grow_the_server(
         conn.close()
     # Its connection closed: its session ends and its leases are released.
     with conveyor.Client(server.url, timeout=10) as client:
-        wait_until(lambda: client.stats(queue).leased == 0, 10, "the leases to be released")
+        wait_until(lambda: client.stats(queue).leased == 0, 20, "the leases to be released")
         assert client.stats(queue).ready + client.stats(queue).acked_total == QUEUED
     assert server.alive()
 
@@ -303,11 +313,15 @@ def test_two_thousand_idle_connections(start_server: StartServer) -> None:
     need = IDLE + 500
     if soft < need:
         if hard != resource.RLIM_INFINITY and hard < need:
-            pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {need}")
+            unavailable(f"RLIMIT_NOFILE hard limit {hard} < {need}")
         resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
     try:
-        # The server inherits the raised limit.
-        server = start_server()
+        # The server inherits the raised limit. Idle here means idle for as
+        # long as the test takes: no handshake deadline, no heartbeat silence
+        # closes a connection meanwhile (each is tested on its own).
+        server = start_server(
+            "--handshake-timeout", "600", "--heartbeat", "60", "--session-timeout", "120"
+        )
         baseline_fds = open_fds(server.pid)
         socks: list[socket.socket] = []
         try:
@@ -321,9 +335,9 @@ def test_two_thousand_idle_connections(start_server: StartServer) -> None:
                 10,
                 "the server to accept every connection",
             )
-            start = time.monotonic()
+            # Served while crowded (assert_still_serving's client gives up
+            # after its own timeout): nobody waits behind the idle ones.
             assert_still_serving(server, "while-crowded")
-            assert time.monotonic() - start < 5
             for s in socks[1:40:2]:  # the greeted ones got their hello reply
                 s.settimeout(5)
                 reader = wire.FrameReader()

@@ -114,14 +114,14 @@ def test_priority_then_enqueue_order(client: conveyor.Client, queue: str) -> Non
 
 def test_delay_hides_a_message_until_its_time(client: conveyor.Client, queue: str) -> None:
     client.create_queue(queue)
-    start = time.monotonic()
-    sent = client.enqueue(queue, "later", delay=1.0)
+    client.enqueue(queue, "much later", delay=3600)  # never due within the test
     assert client.receive(queue, wait=0) == []
     assert client.stats(queue).scheduled == 1
-    (got,) = client.receive(queue, wait=5)
+    sent = client.enqueue(queue, "soon", delay=0.5)
+    (got,) = client.receive(queue, wait=30)  # woken when it comes due
     assert got.id == sent.id
-    assert time.monotonic() - start >= 0.9
     got.ack()
+    assert client.stats(queue).scheduled == 1
 
 
 def test_ttl_dead_letters_an_expired_message(client: conveyor.Client, queue: str) -> None:
@@ -306,18 +306,18 @@ def test_receive_long_polls_until_a_message_comes(
             producer.enqueue(queue, "wake up")
 
     thread = threading.Thread(target=produce)
-    start = time.monotonic()
     thread.start()
     try:
         (got,) = client.receive(queue, max=5, wait=10)
     finally:
         thread.join()
-    elapsed = time.monotonic() - start
+    # The poll came back with the message that arrived while it waited.
     assert got.text() == "wake up"
-    assert 0.4 < elapsed < 5, elapsed
     got.ack()
     start = time.monotonic()
     assert client.receive(queue, wait=0.5) == []
+    # A lower bound, kept: the empty poll waited what it asked (load only
+    # makes that longer).
     assert time.monotonic() - start >= 0.45
 
 

@@ -20,8 +20,10 @@ import pytest
 import conveyor
 from conveyor.client.native import ConnectionLost
 from conveyor.core.wire import Unauthorized
+from requires import unavailable
 
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+if shutil.which("openssl") is None:  # it makes the test certificate
+    unavailable("needs the openssl command", module_level=True)
 
 
 def free_port() -> int:

@@ -22,8 +22,9 @@ import pytest
 from conveyor.broker.broker import Broker, BrokerConfig
 from conveyor.core.errors import InvalidArgument, LeaseLost, QueueNotFound, StoreError
 from conveyor.core.types import NewMessage
+from requires import require_module
 
-asyncpg = pytest.importorskip("asyncpg")
+asyncpg = require_module("asyncpg")  # skipped locally without it, failed under CI=true
 
 from conveyor.store.postgres import migrate  # noqa: E402
 from conveyor.store.postgres.options import parse_url  # noqa: E402

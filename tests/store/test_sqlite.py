@@ -5,17 +5,22 @@ crash even though lease grants are not fsynced."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import shutil
 import sqlite3
 import sys
 import textwrap
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conveyor.broker.broker import Broker
 from conveyor.core.errors import InvalidArgument, LeaseLost, StoreError, StoreLocked
 from conveyor.core.ids import format_id
+from conveyor.core.types import NewMessage
 from conveyor.store.sql import migrations, parse_queries
 from conveyor.store.sqlite.store import SqliteStore
 
@@ -101,15 +106,33 @@ def test_bad_store_arguments_are_refused(tmp_path: Path) -> None:
         SqliteStore(tmp_path / "q.db", durability="memory")
 
 
+def spy_fdatasync(monkeypatch: pytest.MonkeyPatch, wal: Path, log: list[str]) -> None:
+    """Log "fdatasync" in ``log`` each time os.fdatasync is called on the file
+    ``wal`` is when it exists (the real call is made first)."""
+    real = os.fdatasync
+
+    def spy(fd: int) -> None:
+        real(fd)
+        synced = os.fstat(fd)
+        if wal.exists() and os.path.samestat(synced, os.stat(wal)):
+            log.append("fdatasync")
+
+    monkeypatch.setattr(os, "fdatasync", spy)
+
+
 @pytest.mark.parametrize(("durability", "fsyncs"), [("fsync", 2), ("os", 0)])
 async def test_durability_decides_who_fsyncs_the_wal(
-    tmp_path: Path, durability: str, fsyncs: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durability: str, fsyncs: int
 ) -> None:
     """SQLite commits into the WAL without syncing (synchronous=NORMAL); at
     fsync the writer fdatasyncs the WAL once per group of durable commits,
-    and a group of only relaxed operations (lease grants) needs none."""
+    and a group of only relaxed operations (lease grants) needs none. The
+    calls to os.fdatasync are counted, not the store's own counter."""
+    synced: list[str] = []
+    spy_fdatasync(monkeypatch, tmp_path / "q.db-wal", synced)
     store = SqliteStore(tmp_path / "q.db", durability=durability)  # type: ignore[arg-type]
     await store.open()
+    synced.clear()  # the open's own
     try:
         mode, sync = await store.writer.run(
             lambda tx: (
@@ -124,8 +147,77 @@ async def test_durability_decides_who_fsyncs_the_wal(
     finally:
         await store.close()
     assert (mode, sync) == ("wal", 1)
+    assert len(synced) == fsyncs
     assert metrics["fsyncs_total"] == fsyncs
     assert metrics["commits_total"] == 3
+
+
+async def test_each_reply_follows_an_fdatasync_of_the_wal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At durability fsync an enqueue, an ack, a nack are answered only after
+    the WAL holding them was fdatasynced (docs/semantics.md, "Enqueue")."""
+    events: list[str] = []
+    spy_fdatasync(monkeypatch, tmp_path / "q.db-wal", events)
+    broker = Broker(SqliteStore(tmp_path / "q.db"), monitor=False)
+    await broker.start()
+    try:
+        await broker.create_queue("q")
+        session = await broker.open_session()
+        answered: list[list[str]] = []
+
+        async def answer(call: Awaitable[Any]) -> Any:
+            events.clear()
+            value = await call
+            answered.append(events[:])
+            return value
+
+        await answer(broker.enqueue("q", b"x"))
+        await answer(broker.enqueue_many("q", [NewMessage(body=b"y"), NewMessage(body=b"z")]))
+        first, second, _ = await broker.receive(session, "q", max=3)
+        await answer(broker.ack(first.id, first.token))
+        await answer(broker.nack(second.id, second.token))
+    finally:
+        await broker.close()
+    assert answered == [["fdatasync"]] * 4
+
+
+async def test_a_lease_lost_with_the_power_never_hands_out_its_token_again(
+    tmp_path: Path,
+) -> None:
+    """Lease grants are committed without fsync: a power loss can undo one
+    that a consumer got. The store's next open starts a new epoch of tokens,
+    so the message's next delivery never carries the lost grant's token
+    (which its first consumer may still hold and try to settle)."""
+    live, after_power_loss = tmp_path / "live", tmp_path / "after-power-loss"
+    broker = Broker(SqliteStore(live / "q.db"), monitor=False)
+    await broker.start()
+    try:
+        await broker.create_queue("q")
+        sent = await broker.enqueue("q", b"x")
+        session = await broker.open_session()
+        # What the disk holds now, when the power goes out just after the grant.
+        after_power_loss.mkdir()
+        for name in ("q.db", "q.db-wal", "q.db-shm"):
+            if (live / name).exists():
+                shutil.copyfile(live / name, after_power_loss / name)
+        (lost,) = await broker.receive(session, "q")
+    finally:
+        await broker.close()
+
+    broker = Broker(SqliteStore(after_power_loss / "q.db"), monitor=False)
+    await broker.start()
+    try:
+        session = await broker.open_session()
+        (again,) = await broker.receive(session, "q")
+        assert again.id == lost.id == sent.id
+        assert again.attempts == lost.attempts == 1  # the grant did not survive
+        assert again.token > lost.token
+        with pytest.raises(LeaseLost):
+            await broker.ack(lost.id, lost.token)
+        await broker.ack(again.id, again.token)
+    finally:
+        await broker.close()
 
 
 def test_the_migrated_schema_is_the_one_the_migrations_describe(tmp_path: Path) -> None:

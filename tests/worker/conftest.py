@@ -1,5 +1,9 @@
 """Fixtures for the worker tests (the processes they start are described in
 worker_harness.py): ``broker``, ``client``, ``tasks_module``, ``start_worker``.
+
+The broker's session timeout is a minute (SESSION_TIMEOUT): a worker's
+leases that come back within a test's wait came back because its connection
+dropped, never because its session timed out.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ from worker_harness import PREAMBLE, BrokerProcess, StartWorker, TasksModule, Wo
 
 import conveyor
 
+SESSION_TIMEOUT = 60.0
+
 
 @pytest.fixture
 def broker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[BrokerProcess]:
     """A broker on a free loopback port, its data under tmp_path; the test
     process's CONVEYOR_URL points at it."""
-    process = BrokerProcess(tmp_path)
+    process = BrokerProcess(tmp_path, extra=("--session-timeout", str(SESSION_TIMEOUT)))
     process.start()
     monkeypatch.setenv("CONVEYOR_URL", process.url)
     try:

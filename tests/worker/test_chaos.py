@@ -72,12 +72,15 @@ def test_kill_9_of_a_worker_loses_nothing(
     )
 
     victim.signal(signal.SIGKILL)
-    killed = time.monotonic()
     victim.wait(timeout=10)
+    # Its session ends, and its leases go back, when its connection drops:
+    # long before the broker's session timeout (a minute, conftest.py).
+    wait_until(
+        lambda: not any(s.name.endswith(f"-{victim.pid}") for s in client.sessions()),
+        20,
+        "the victim's session to end with its connection",
+    )
     wait_until(lambda: all_done(tmp_path, ids), 60, "every task to complete after the kill")
-    # The victim's leases go back when its connection drops (at the latest
-    # after the session timeout, 10 s): the rest is done well within 15 s.
-    assert time.monotonic() - killed < 15.0
 
     events = read_events(tmp_path)
     started = Counter(ids_with(events, "start"))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -101,7 +100,7 @@ def test_a_backlogged_message_keeps_its_lease_while_it_waits(
     wait_until(
         lambda: set(ids_with(read_events(tmp_path), "done")) >= set(ids), 20, "both tasks done"
     )
-    time.sleep(0.5)
+    wait_until(lambda: client.stats("work").acked_total == 2, 20, "both tasks acked")
     assert Counter(ids_with(read_events(tmp_path), "start")) == Counter(ids)
     stats = client.stats("work")
     assert stats.leased == 0 and stats.ready == 0

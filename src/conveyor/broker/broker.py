@@ -70,11 +70,6 @@ from conveyor.store.base import (
 
 _Item = TypeVar("_Item", Ack, Nack, Extend, Dead)
 
-# A long-poll looks at its queue again after this many seconds even without a
-# change it heard of (another node may have freed a bucket), and a short claim
-# is trusted to stand for no longer than this.
-DRAINED_FOR = 1.0
-
 
 class BrokerConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_body: int = 1 << 20  # bytes per message body
@@ -89,6 +84,11 @@ class BrokerConfig(msgspec.Struct, frozen=True, kw_only=True):
     # Bytes of messages one reply may carry (receive, push, dead-letter page),
     # counted as the store counts them; the frame limit is this plus a margin.
     max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES
+
+    # A long-poll looks at its queue again after this many seconds even without
+    # a change it heard of (another node may have freed a bucket), and a short
+    # claim is trusted to stand for no longer than this.
+    recheck_interval: float = 1.0
 
     def __post_init__(self) -> None:
         largest = ReplySizes.of(self.max_body).dead_letter
@@ -488,9 +488,9 @@ class Broker:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return []
-                # Wake for a change, for the next delayed message, or after a
-                # second at most (a bucket that frees up on another node).
-                pause = min(remaining, DRAINED_FOR)
+                # Wake for a change, for the next delayed message, or after
+                # the re-check interval (a bucket that frees up on another node).
+                pause = min(remaining, self.config.recheck_interval)
                 if next_at is not None:
                     pause = min(pause, max_(next_at - now, 0.0))
                 await waiters.wait(waiter, pause)
@@ -528,12 +528,12 @@ class Broker:
         """The session's last short claim of the queue, if claiming again now
         would surely find nothing: the queue has not changed since, no delayed
         message came due, the session owns the same buckets, and it was less
-        than a second ago."""
+        than the re-check interval ago."""
         drained = self._drained.get(session, {}).get(queue)
         if (
             drained is None
             or drained.version != self._waiters.version(queue)
-            or not 0 <= now - drained.at < DRAINED_FOR
+            or not 0 <= now - drained.at < self.config.recheck_interval
             or (drained.next_at is not None and now >= drained.next_at)
             or drained.buckets != buckets
         ):

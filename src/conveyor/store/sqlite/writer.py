@@ -19,10 +19,18 @@ for an fsync; but it is answered with its group, after the group's fsync, so
 no reply reveals a change that a power loss could undo.
 
 An operation that raises a ConveyorError (QueueFull, LeaseLost...) is rolled
-back to its savepoint alone; its neighbours in the batch still commit. A
-failed COMMIT fails every operation of the batch with StoreError; a failed
-fsync fails its group and closes the writer (after an fsync error the kernel
-may have dropped the pages: retrying cannot tell).
+back to its savepoint alone; its neighbours in the batch still commit.
+SQLite's own errors (a full disk, an I/O error) become StoreError: one in an
+operation fails that operation, unless SQLite rolled the whole transaction
+back meanwhile (it may, on SQLITE_FULL or SQLITE_IOERR), and then the batch
+fails; a failed COMMIT fails every operation of the batch. The writer goes
+on: once there is room again, the next batch commits.
+
+A failed fsync is different: after it the kernel may have dropped the pages
+it could not write, and a second fsync that succeeds proves nothing. So the
+writer fails the group and refuses every operation after it with StoreError
+("closed after a failed fsync"); the broker must be restarted, and reopening
+the file recovers what reached the disk (every reply sent before the failure).
 """
 
 from __future__ import annotations
@@ -86,6 +94,7 @@ class GroupCommitWriter:
         self._pending: list[Job] = []
         self._flush_handle: asyncio.Handle | None = None
         self._closed = False
+        self._fsync_failure: str | None = None  # why the store refuses everything
         # Measured for operations people and /metrics.
         self.commits = 0
         self.operations = 0
@@ -106,10 +115,15 @@ class GroupCommitWriter:
                 self._wal_fd = os.open(self._wal_path, os.O_RDONLY)
                 os.fdatasync(self._wal_fd)
                 _fsync_directory(os.path.dirname(self._wal_path) or ".")
-        except BaseException:
+        except BaseException as exc:
             conn.close()
             if self._wal_fd is not None:
                 os.close(self._wal_fd)
+                self._wal_fd = None
+            if isinstance(exc, sqlite3.Error):
+                raise _store_error(exc) from exc
+            if isinstance(exc, OSError):
+                raise StoreError(f"opening the store failed: {exc}") from exc
             raise
         self._conn = conn
 
@@ -117,6 +131,8 @@ class GroupCommitWriter:
         """Run ``fn`` in this loop turn's group commit; its result once
         committed (and, at durability fsync, durable). ``durable=False``: the
         operation need not survive power loss (lease grants, heartbeats)."""
+        if self._fsync_failure is not None:
+            raise StoreError(self._fsync_failure)
         if self._closed or self._conn is None:
             raise BrokerClosed("the store is closed")
         loop = asyncio.get_running_loop()
@@ -136,7 +152,7 @@ class GroupCommitWriter:
             return
         if self._flush_handle is not None:
             self._flush_handle.cancel()
-            self._flush()
+            self._flush()  # after a failed fsync: fails what was submitted
         self._closed = True
         if self._wal_fd is not None:
             os.close(self._wal_fd)
@@ -147,6 +163,9 @@ class GroupCommitWriter:
     def _flush(self) -> None:
         self._flush_handle = None
         pending, self._pending = self._pending, []
+        if self._fsync_failure is not None:
+            self._fail_all(pending, StoreError(self._fsync_failure))
+            return
         if self._closed or self._conn is None:
             self._fail_all(pending, BrokerClosed("the store is closed"))
             return
@@ -161,9 +180,12 @@ class GroupCommitWriter:
             try:
                 os.fdatasync(self._wal_fd)
             except OSError as exc:
-                log.critical("fsync of the WAL failed: %r; the store stops", exc)
-                self._fail_all(pending, StoreError(f"fsync failed: {exc!r}; the store is closed"))
-                self._closed = True
+                self._fsync_failure = (
+                    f"the store is closed after a failed fsync of its WAL ({exc}); restart"
+                    " the broker: what was answered before is recovered from the file"
+                )
+                log.critical("%s", self._fsync_failure)
+                self._fail_all(pending, StoreError(self._fsync_failure))
                 return
             took = time.perf_counter() - started
             self.fsyncs += 1
@@ -179,28 +201,14 @@ class GroupCommitWriter:
         except sqlite3.Error as exc:
             self._failed(batch, _store_error(exc))
             return False
-        for job in batch:
-            conn.execute("SAVEPOINT op")
-            mark = len(tx.after_commit)
-            try:
-                value = job.fn(tx)
-            except ConveyorError as exc:
-                self._undo(conn, tx, mark)
-                job.result = (False, exc)
-            except sqlite3.Error as exc:
-                self._undo(conn, tx, mark)
-                job.result = (False, _store_error(exc))
-            except Exception as exc:  # a bug: reported to the caller as it is
-                log.exception("store operation failed")
-                self._undo(conn, tx, mark)
-                job.result = (False, exc)
-            else:
-                conn.execute("RELEASE op")
-                job.result = (True, value)
-        started = time.perf_counter()
         try:
+            for job in batch:
+                self._run_one(conn, tx, job)
+            started = time.perf_counter()
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
+            # The COMMIT failed, or SQLite rolled the transaction back under
+            # an operation (a full disk, an I/O error): none of it stands.
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             self._failed(batch, _store_error(exc))
@@ -213,6 +221,28 @@ class GroupCommitWriter:
         for callback in tx.after_commit:
             callback()
         return any(job.durable for job in batch)
+
+    def _run_one(self, conn: sqlite3.Connection, tx: Transaction, job: Job) -> None:
+        """One operation in its savepoint; its own error undoes it alone."""
+        conn.execute("SAVEPOINT op")
+        mark = len(tx.after_commit)
+        try:
+            value = job.fn(tx)
+        except ConveyorError as exc:
+            self._undo(conn, tx, mark)
+            job.result = (False, exc)
+        except sqlite3.Error as exc:
+            if not conn.in_transaction:
+                raise  # rolled back whole: the batch fails
+            self._undo(conn, tx, mark)
+            job.result = (False, _store_error(exc))
+        except Exception as exc:  # a bug: reported to the caller as it is
+            log.exception("store operation failed")
+            self._undo(conn, tx, mark)
+            job.result = (False, exc)
+        else:
+            conn.execute("RELEASE op")
+            job.result = (True, value)
 
     @staticmethod
     def _undo(conn: sqlite3.Connection, tx: Transaction, mark: int) -> None:
