@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import msgspec
 
 from conveyor.broker.broker import Broker
+from conveyor.core import validation
 from conveyor.core.errors import ConveyorError, InvalidArgument
 from conveyor.core.types import Ack, Dead, Extend, Nack, NewMessage
 from conveyor.core.wire import UnknownOperation
@@ -176,12 +177,14 @@ class Operation(msgspec.Struct, frozen=True):
 OPERATIONS: dict[str, Operation] = {
     "create_queue": Operation(
         CreateQueue,
-        lambda b, a, s: b.create_queue(a.queue, exist_ok=a.exist_ok, **a.settings),
+        lambda b, a, s: b.create_queue(
+            a.queue, exist_ok=a.exist_ok, **validation.queue_settings(a.settings)
+        ),
         "Create a queue (the same settings again: returns it).",
     ),
     "configure_queue": Operation(
         ConfigureQueue,
-        lambda b, a, s: b.configure_queue(a.queue, **a.settings),
+        lambda b, a, s: b.configure_queue(a.queue, **validation.queue_settings(a.settings)),
         "Change a queue's settings.",
     ),
     "delete_queue": Operation(
@@ -243,5 +246,5 @@ async def call(broker: Broker, name: str, raw: object, sessions: SessionSource) 
     """Run operation ``name`` with raw arguments; UnknownOperation if none."""
     op = OPERATIONS.get(name) if isinstance(name, str) else None
     if op is None:
-        raise UnknownOperation(f"no operation named {name!r}")
+        raise UnknownOperation(f"no operation named {validation.short_repr(name)}")
     return await op.handler(broker, parse_args(op, raw), sessions)
