@@ -35,6 +35,7 @@ from aiohttp import web
 
 from conveyor.broker import operations
 from conveyor.broker.broker import Broker
+from conveyor.core import validation, wire
 from conveyor.core.errors import ConveyorError, InvalidArgument, SessionNotFound
 from conveyor.core.types import Delivery, Message, NewMessage, Result
 from conveyor.server.metrics import render_metrics
@@ -67,6 +68,8 @@ HTTP_CODES = {
     413: "body_too_large",
 }
 MESSAGE_FIELDS = frozenset(NewMessage.__struct_fields__) - {"body"}
+_INT64_MIN = -validation.MAX_INT64 - 1
+_JSON_VALUES = frozenset({"json", "result_json"})  # fields that hold any JSON value
 
 
 class SharedSession:
@@ -127,9 +130,9 @@ def _decode_body(item: dict[str, Any]) -> dict[str, Any]:
             raise InvalidArgument("body_base64 is not valid base64") from None
     else:
         out["body"] = msgspec.json.encode(value)
-        headers = dict(out.get("headers") or {})
-        headers.setdefault("content-type", "application/json")
-        out["headers"] = headers
+        headers = out.get("headers")
+        if headers is None or isinstance(headers, dict):  # else refused as it is
+            out["headers"] = {"content-type": "application/json", **(headers or {})}
     return out
 
 
@@ -197,8 +200,10 @@ class HttpApi:
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         if self.token is not None and request.path not in ("/healthz",):
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+            # Header bytes that are not UTF-8 come as surrogates: compared
+            # as the bytes they were, they simply do not match.
+            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+            if not hmac.compare_digest(given, f"Bearer {self.token}".encode()):
                 return _error(401, "unauthorized", "missing or wrong bearer token")
         try:
             return await handler(request)
@@ -222,12 +227,18 @@ class HttpApi:
     async def _json(self, request: web.Request) -> dict[str, Any]:
         if not request.can_read_body:
             return {}
+        too_deep = f"the request body nests arrays and objects deeper than {wire.MAX_DEPTH} levels"
         try:
             data = msgspec.json.decode(await request.read())
         except msgspec.DecodeError as exc:
             raise InvalidArgument(f"the request body is not JSON: {exc}") from None
+        except RecursionError:  # msgspec's own guard, far deeper than MAX_DEPTH
+            raise InvalidArgument(too_deep) from None
         if not isinstance(data, dict):
             raise InvalidArgument("the request body is a JSON object")
+        if wire.nested_deeper(data, wire.MAX_DEPTH):
+            raise InvalidArgument(too_deep)
+        _check_integers(data)
         return data
 
     async def _op(self, name: str, args: dict[str, Any], request: web.Request) -> web.Response:
@@ -303,7 +314,7 @@ class HttpApi:
         route(
             "POST",
             q + "/redrive",
-            lambda rq, b: ("redrive", {"queue": qn(rq), "ids": b.get("ids")}),
+            lambda rq, b: ("redrive", {"queue": qn(rq), "ids": _only(b, "ids").get("ids")}),
         )
         for op in ("ack", "nack", "extend", "dead"):
             route("POST", f"/v1/{op}", lambda rq, b, op=op: (op, _settle_args(op, b)))  # type: ignore[misc]
@@ -315,7 +326,7 @@ class HttpApi:
                 {
                     "topic": rq.match_info["topic"],
                     "message": _decode_body(
-                        b["message"]
+                        _only(b, "message", "idempotency_key")["message"]
                         if "message" in b
                         else {k: v for k, v in b.items() if k != "idempotency_key"}
                     ),
@@ -374,12 +385,12 @@ class HttpApi:
         )
 
     async def _openapi(self, request: web.Request) -> web.Response:
-        return web.json_response(openapi_document())
+        return web.json_response(openapi_document(token=self.token is not None))
 
 
 def _enqueue_args(queue: str, body: dict[str, Any]) -> dict[str, Any]:
     if "messages" in body:
-        messages = body["messages"]
+        messages = _only(body, "messages", "idempotency_key")["messages"]
         if not isinstance(messages, list):
             raise InvalidArgument("messages is a list")
         return {
@@ -417,6 +428,24 @@ def _settle_args(op: str, body: dict[str, Any]) -> dict[str, Any]:
             out.append(item)
         items = out
     return {"items": items}
+
+
+def _check_integers(document: Any) -> None:
+    """JSON integers are 64-bit, as on the native protocol and in every store
+    (a ``json`` body or ``result_json`` is the user's own: stored as its text)."""
+    containers = [document]
+    while containers:
+        container = containers.pop()
+        if isinstance(container, dict):
+            container = [v for k, v in container.items() if k not in _JSON_VALUES]
+        for value in container:
+            if isinstance(value, dict | list):
+                containers.append(value)
+            elif (
+                type(value) is int
+                and not -validation.MAX_INT64 - 1 <= value <= validation.MAX_INT64
+            ):
+                raise InvalidArgument(f"integer {validation.short_repr(value)} exceeds 64 bits")
 
 
 def _only(body: dict[str, Any], *fields: str) -> dict[str, Any]:
