@@ -16,7 +16,9 @@ whose leases end only by ack or by their visibility timeout, as in SQS.
 Errors are JSON, ``{"error": {"code": ..., "message": ...}}``, with the
 stable codes of conveyor.core.errors and the statuses of ``STATUS`` (plus
 ``not_found`` 404 and ``method_not_allowed`` 405 for a wrong path or method).
-Unknown fields in a message or a queue creation are refused, not ignored.
+Unknown fields in a body are refused, not ignored; a body nested deeper than
+wire.MAX_DEPTH or with an integer past 64 bits gets invalid_argument before
+anything walks it. The user's guide is docs/http.md.
 """
 
 from __future__ import annotations
