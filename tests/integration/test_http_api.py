@@ -552,3 +552,25 @@ def test_an_authorization_header_that_is_not_ascii_gets_401(start_server: StartS
     good = Http(server.http_url).get("/v1/queues", headers={"Authorization": "Bearer s3cret"})
     assert good.status == 200
     assert "Traceback" not in server.log_text()
+
+
+def test_a_session_header_that_is_not_ascii_gets_invalid_argument(http: Http, queue: str) -> None:
+    """Found by the fuzzer: X-Conveyor-Session of bytes that are not UTF-8
+    reached SQLite as surrogates (a UnicodeEncodeError, 500)."""
+    make_queue(http, queue)
+    send(http, queue, body="x")
+    for value in (b"\xff", "é".encode(), b"x" * 65, b"a b"):
+        conn = HTTPConnection("127.0.0.1", int(http.base.rsplit(":", 1)[1]), timeout=10)
+        try:
+            conn.putrequest("POST", f"/v1/queues/{queue}/receive")
+            conn.putheader("X-Conveyor-Session", value)
+            conn.putheader("Content-Length", "2")
+            conn.endheaders(b"{}")
+            response = conn.getresponse()
+            body = json.loads(response.read())
+        finally:
+            conn.close()
+        assert response.status == 400, (value, body)
+        assert body["error"]["code"] == "invalid_argument"
+        assert "X-Conveyor-Session" in body["error"]["message"]
+    assert stats(http, queue)["leased"] == 0

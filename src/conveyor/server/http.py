@@ -29,6 +29,7 @@ import binascii
 import contextlib
 import hmac
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -72,6 +73,7 @@ HTTP_CODES = {
 MESSAGE_FIELDS = frozenset(NewMessage.__struct_fields__) - {"body"}
 _INT64_MIN = -validation.MAX_INT64 - 1
 _JSON_VALUES = frozenset({"json", "result_json"})  # fields that hold any JSON value
+SESSION_ID = re.compile(r"[!-~]{1,64}")  # what a session id from open_session can be
 
 
 class SharedSession:
@@ -245,6 +247,12 @@ class HttpApi:
 
     async def _op(self, name: str, args: dict[str, Any], request: web.Request) -> web.Response:
         session_id = request.headers.get("X-Conveyor-Session")
+        if session_id and not SESSION_ID.fullmatch(session_id):
+            # Header bytes that are not UTF-8 come as surrogates, which no store takes.
+            raise InvalidArgument(
+                "X-Conveyor-Session is the id of a session from POST /v1/sessions"
+                f" (printable ASCII), not {validation.short_repr(session_id)}"
+            )
         source: operations.SessionSource = NamedSession(session_id) if session_id else self.shared
         result = await operations.call(self.broker, name, args, source)
         return web.json_response(to_json(result), dumps=lambda v: msgspec.json.encode(v).decode())

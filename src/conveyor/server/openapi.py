@@ -79,7 +79,7 @@ _QUERY: dict[str, list[dict[str, Any]]] = {
             "name": "X-Conveyor-Session",
             "in": "header",
             "description": "a session of POST /v1/sessions; without it, the server's own",
-            "schema": {"type": "string"},
+            "schema": {"type": "string", "pattern": "^[!-~]{1,64}$"},
         }
     ],
 }
