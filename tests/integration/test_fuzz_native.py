@@ -342,6 +342,7 @@ def test_ids_and_tokens_past_63_bits_get_invalid_argument(fuzzed: ServerProcess)
     of 2**63 reached SQLite, which cannot hold it (an OverflowError)."""
     with RawConnection(fuzzed.port) as conn:
         conn.hello()
+        conn.call("create_queue", {"queue": QUEUE})  # the fuzzing may have deleted it
         for op, args in (
             ("result", {"id": "ffffffffffffffff"}),
             ("dead_letters", {"queue": QUEUE, "after": "8000000000000000"}),
