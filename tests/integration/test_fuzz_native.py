@@ -323,13 +323,17 @@ def test_settings_named_like_parameters_get_invalid_argument(fuzzed: ServerProce
 
 
 @pytest.mark.parametrize("levels", [wire.MAX_DEPTH + 1, 1_000, 100_000])
+@pytest.mark.parametrize("hello", [True, False], ids=["after-hello", "before-hello"])
 def test_a_frame_nested_past_the_limit_gets_a_protocol_error(
-    fuzzed: ServerProcess, levels: int
+    fuzzed: ServerProcess, levels: int, hello: bool
 ) -> None:
     with RawConnection(fuzzed.port) as conn:
-        conn.hello()
-        # A frame at the limit is read: [0, rid, "queues", args] is 1 + args deep.
-        assert conn.call("queues", nested(wire.MAX_DEPTH - 1))[2] == "invalid_argument"
+        if hello:
+            conn.hello()
+            # A frame at the limit is read: [0, rid, "queues", args] is 1 + args deep.
+            assert conn.call("queues", nested(wire.MAX_DEPTH - 1))[2] == "invalid_argument"
+        else:
+            conn.send(wire.PREAMBLE)
         conn.send(deep_frame(levels - 1))
         got = conn.read_to_eof()
     assert [f[2] for f in got if f[0] == wire.ERROR] == ["protocol_error"], got
