@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from conveyor.broker import operations
 from conveyor.broker.broker import Broker
 from conveyor.core.errors import (
     BodyTooLarge,
@@ -26,7 +27,8 @@ from conveyor.core.errors import (
     QueueNotFound,
     SessionNotFound,
 )
-from conveyor.core.types import Ack, Dead, Delivery, Extend, Nack, NewMessage
+from conveyor.core.types import QUEUE_SETTINGS, Ack, Dead, Delivery, Extend, Nack, NewMessage
+from conveyor.core.wire import UnknownOperation
 
 LIMIT = 64 * 1024  # the broker fixture's max_body
 GOOD = NewMessage(body=b"fine")
@@ -312,3 +314,79 @@ async def test_a_closed_broker_refuses_with_broker_closed(broker: Broker) -> Non
         with pytest.raises(BrokerClosed) as caught:
             await call
         assert caught.value.code == "broker_closed"
+
+
+# -- issue 13: bad inputs that used to be internal errors --------------------------------
+
+
+class NoSession:
+    async def session(self, capacity: int = 1) -> str:
+        raise AssertionError("no case here needs a consumer session")
+
+
+def op(name: Any, args: Any) -> Callable[[Broker, World], Awaitable[Any]]:
+    """The operation as every front end calls it (HTTP, native, in-process)."""
+    return lambda b, w: operations.call(b, name, args, NoSession())
+
+
+def deep(levels: int) -> Any:
+    value: Any = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+OPERATION_CASES: list[Case] = [
+    # Settings named like the operation's own parameters: unknown settings,
+    # never a clash of keyword arguments (a TypeError).
+    ("setting 'name'", op("configure_queue", {"queue": "q", "settings": {"name": "x"}}),
+     InvalidArgument),
+    ("setting 'self'", op("configure_queue", {"queue": "q", "settings": {"self": 1}}),
+     InvalidArgument),
+    ("setting 'exist_ok'", op("create_queue", {"queue": "n", "settings": {"exist_ok": False}}),
+     InvalidArgument),
+    ("setting 'queue'", op("create_queue", {"queue": "n", "settings": {"queue": "x"}}),
+     InvalidArgument),
+    ("setting 'name' in Python", lambda b, w: b.create_queue("n", name="x"), InvalidArgument),
+    ("setting 'self' in Python", lambda b, w: b.configure_queue("q", self=1), InvalidArgument),
+    ("settings not a map", op("create_queue", {"queue": "n", "settings": [1]}), InvalidArgument),
+    ("setting value nested deep", op("configure_queue", {"queue": "q", "settings":
+                                                          {"max_attempts": deep(900)}}),
+     InvalidArgument),
+    ("max_length past 64 bits", op("configure_queue", {"queue": "q", "settings":
+                                                        {"max_length": 2**63}}),
+     InvalidArgument),
+    # Message ids and tokens past signed 64 bits: no store can hold them.
+    ("result of an id past 63 bits", op("result", {"id": "ffffffffffffffff"}), InvalidArgument),
+    ("ack of an id past 63 bits", op("ack", {"items": [{"id": "8000000000000000", "token": 1}]}),
+     InvalidArgument),
+    ("nack with a token past 63 bits",
+     lambda b, w: b.nack(w.leased.id, 2**63), InvalidArgument),
+    ("extend with a token of 2**64 - 1",
+     op("extend", {"items": [{"id": "0" * 16, "token": 2**64 - 1, "seconds": 1}]}),
+     InvalidArgument),
+    ("dead letters after an id past 63 bits",
+     op("dead_letters", {"queue": "q", "after": "f" * 16}), InvalidArgument),
+    ("redrive of an id past 63 bits", op("redrive", {"queue": "q", "ids": ["9" * 16]}),
+     InvalidArgument),
+    ("an operation named by a deep list", op(deep(900), {}), UnknownOperation),
+    ("an operation named by a huge string", op("x" * 1_000_000, {}), UnknownOperation),
+]  # fmt: skip
+
+
+async def test_bad_inputs_that_were_internal_errors(broker: Broker) -> None:
+    await check_cases(broker, OPERATION_CASES)
+
+
+async def test_an_unknown_setting_is_named_with_the_valid_ones(broker: Broker) -> None:
+    await broker.create_queue("q")
+    for name in ("name", "self", "exist_ok", "colour"):
+        with pytest.raises(InvalidArgument) as caught:
+            await operations.call(
+                broker, "configure_queue", {"queue": "q", "settings": {name: 1}}, NoSession()
+            )
+        assert repr(name) in caught.value.message
+        assert all(s in caught.value.message for s in QUEUE_SETTINGS), caught.value.message
+    with pytest.raises(UnknownOperation) as unknown:
+        await operations.call(broker, "x" * 1_000_000, {}, NoSession())
+    assert len(unknown.value.message) < 200  # the name is shown cut short

@@ -10,11 +10,13 @@ import json
 import re
 import threading
 import time
+from http.client import HTTPConnection
 from typing import Any
 
-from integration_support import Http, HttpReply, ServerProcess
+from integration_support import Http, HttpReply, ServerProcess, StartServer
 
 from conveyor.broker.broker import Broker
+from conveyor.core import wire
 from conveyor.server.http import HttpApi
 from conveyor.store.sqlite.store import SqliteStore
 
@@ -441,3 +443,133 @@ def test_errors_are_typed_json(http: Http, server: ServerProcess, queue: str) ->
     assert "GET" in http.request("DELETE", "/healthz").headers.get("allow", "")
     assert stats(http, queue)["ready"] == 1  # nothing refused was stored
     assert server.alive()
+
+
+# -- issue 13: bad inputs that used to be internal errors (each a regression test) ------
+
+
+def assert_refused(reply: HttpReply, status: int, code: str, *mentions: str) -> None:
+    assert reply.status == status, reply
+    assert reply.error_code() == code, reply
+    message = reply.json()["error"]["message"]
+    assert all(m in message for m in mentions), message
+
+
+def test_settings_named_like_parameters_are_unknown_settings(http: Http, queue: str) -> None:
+    make_queue(http, queue)
+    for body in ({"name": "x"}, {"self": 1}, {"exist_ok": False}, {"queue": "other"}):
+        (name,) = body
+        reply = http.patch(f"/v1/queues/{queue}", body)
+        assert_refused(reply, 400, "invalid_argument", repr(name), "visibility_timeout")
+    for settings in ({"exist_ok": False}, {"name": "x"}, {"self": 1}):
+        reply = http.put(f"/v1/queues/{queue}-new", {"settings": settings})
+        assert_refused(reply, 400, "invalid_argument", "unknown queue setting")
+    assert http.get(f"/v1/queues/{queue}-new").status == 404  # nothing was created
+
+
+def nested_json(levels: int) -> bytes:
+    """A request body whose ``json`` value makes the document ``levels`` deep."""
+    inner = levels - 1  # the body object is level 1
+    return b'{"json": ' + b"[" * inner + b"]" * inner + b"}"
+
+
+def test_json_nested_past_the_depth_limit_is_refused(http: Http, queue: str) -> None:
+    make_queue(http, queue)
+    path = f"/v1/queues/{queue}/messages"
+    assert http.post(path, raw=nested_json(wire.MAX_DEPTH)).status == 200
+    for levels in (wire.MAX_DEPTH + 1, 5_000, 200_000):
+        reply = http.post(path, raw=nested_json(levels))
+        assert_refused(reply, 400, "invalid_argument", f"deeper than {wire.MAX_DEPTH} levels")
+    deep_setting = b'{"max_attempts": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    reply = http.patch(f"/v1/queues/{queue}", raw=deep_setting)
+    assert_refused(reply, 400, "invalid_argument", "deeper than")
+    assert stats(http, queue)["ready"] == 1
+
+
+def test_json_integers_past_64_bits_are_refused(http: Http, queue: str) -> None:
+    make_queue(http, queue)
+    message_id = send(http, queue, body="x")
+    for token in (2**63, 2**64, -(2**63) - 1, 10**40):
+        reply = http.post("/v1/ack", {"items": [{"id": message_id, "token": token}]})
+        assert_refused(reply, 400, "invalid_argument", "64 bits")
+    reply = http.patch(f"/v1/queues/{queue}", {"max_length": 10**30})
+    assert_refused(reply, 400, "invalid_argument", "64 bits")
+    # A json body is the user's own value: stored as its text, whatever its numbers.
+    assert http.post(f"/v1/queues/{queue}/messages", {"json": {"n": 10**30}}).status == 200
+    for bad_id in ("ffffffffffffffff", "8000000000000000"):
+        reply = http.get(f"/v1/results/{bad_id}")
+        assert_refused(reply, 400, "invalid_argument", "7fffffffffffffff")
+
+
+def test_unknown_fields_beside_a_batch_or_a_wrapped_message_are_refused(
+    http: Http, queue: str
+) -> None:
+    make_queue(http, queue)
+    ok(http.post("/v1/bindings", {"pattern": f"{queue}.#", "queue": queue}))
+    batch = {"messages": [{"body": "a"}], "priority": 5}
+    assert_refused(http.post(f"/v1/queues/{queue}/messages", batch), 400, "invalid_argument",
+                   "priority")  # fmt: skip
+    wrapped = {"message": {"body": "a"}, "delay": 5}
+    assert_refused(http.post(f"/v1/topics/{queue}.x/publish", wrapped), 400, "invalid_argument",
+                   "delay")  # fmt: skip
+    assert_refused(http.post(f"/v1/queues/{queue}/redrive", {"ids": None, "all": True}), 400,
+                   "invalid_argument", "all")  # fmt: skip
+    assert stats(http, queue)["ready"] == 0
+
+
+def test_a_json_body_with_headers_that_are_not_a_map_is_refused(http: Http, queue: str) -> None:
+    """Found by the fuzzer: the content-type header of a json body was added
+    to the headers before they were checked (a TypeError, 500)."""
+    make_queue(http, queue)
+    ok(http.post("/v1/bindings", {"pattern": f"{queue}.#", "queue": queue}))
+    for headers in (-4928, "text", [["a", "b"]]):
+        message = {"json": [], "headers": headers}
+        reply = http.post(f"/v1/queues/{queue}/messages", message)
+        assert_refused(reply, 400, "invalid_argument", "headers")
+        reply = http.post(f"/v1/topics/{queue}.x/publish", {"message": message})
+        assert_refused(reply, 400, "invalid_argument", "headers")
+    got = ok(http.post(f"/v1/queues/{queue}/messages", {"json": [1], "headers": {"a": "b"}}))
+    assert len(got) == 1
+    (delivery,) = receive(http, queue)
+    assert delivery["headers"] == {"content-type": "application/json", "a": "b"}
+
+
+def test_an_authorization_header_that_is_not_ascii_gets_401(start_server: StartServer) -> None:
+    server = start_server("--token", "s3cret")
+    for value in (b"Bearer \xff\xfe", "Bearer é".encode(), "Bearer é".encode("latin-1"), b"\x80"):
+        conn = HTTPConnection("127.0.0.1", server.http_port, timeout=10)
+        try:
+            conn.putrequest("GET", "/v1/queues")
+            conn.putheader("Authorization", value)
+            conn.endheaders()
+            response = conn.getresponse()
+            body = json.loads(response.read())
+        finally:
+            conn.close()
+        assert response.status == 401, (value, body)
+        assert body["error"]["code"] == "unauthorized"
+    good = Http(server.http_url).get("/v1/queues", headers={"Authorization": "Bearer s3cret"})
+    assert good.status == 200
+    assert "Traceback" not in server.log_text()
+
+
+def test_a_session_header_that_is_not_ascii_gets_invalid_argument(http: Http, queue: str) -> None:
+    """Found by the fuzzer: X-Conveyor-Session of bytes that are not UTF-8
+    reached SQLite as surrogates (a UnicodeEncodeError, 500)."""
+    make_queue(http, queue)
+    send(http, queue, body="x")
+    for value in (b"\xff", "é".encode(), b"x" * 65, b"a b"):
+        conn = HTTPConnection("127.0.0.1", int(http.base.rsplit(":", 1)[1]), timeout=10)
+        try:
+            conn.putrequest("POST", f"/v1/queues/{queue}/receive")
+            conn.putheader("X-Conveyor-Session", value)
+            conn.putheader("Content-Length", "2")
+            conn.endheaders(b"{}")
+            response = conn.getresponse()
+            body = json.loads(response.read())
+        finally:
+            conn.close()
+        assert response.status == 400, (value, body)
+        assert body["error"]["code"] == "invalid_argument"
+        assert "X-Conveyor-Session" in body["error"]["message"]
+    assert stats(http, queue)["leased"] == 0

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from conveyor.core.errors import InvalidArgument
 from conveyor.core.ids import IdSequence, format_id, id_time, parse_id
 
-SEQS = st.integers(min_value=0, max_value=(1 << 64) - 1)
+SEQS = st.integers(min_value=0, max_value=(1 << 63) - 1)  # signed 64-bit in every store
 
 
 @pytest.mark.parametrize(
@@ -21,7 +21,7 @@ SEQS = st.integers(min_value=0, max_value=(1 << 64) - 1)
         (0, "0000000000000000"),
         (1, "0000000000000001"),
         (255, "00000000000000ff"),
-        ((1 << 64) - 1, "ffffffffffffffff"),
+        ((1 << 63) - 1, "7fffffffffffffff"),
     ],
 )
 def test_format(seq: int, text: str) -> None:
@@ -128,3 +128,11 @@ def test_ids_are_unique_and_increasing_whatever_the_clock(times: list[float]) ->
 def test_id_time_of_bad_id() -> None:
     with pytest.raises(InvalidArgument):
         id_time("nope")
+
+
+@pytest.mark.parametrize("text", ["8000000000000000", "ffffffffffffffff", "F000000000000000"])
+def test_an_id_past_signed_64_bits_is_refused(text: str) -> None:
+    """No store can hold it (SQLite and PostgreSQL keys are signed 64-bit):
+    a typed error, not an overflow inside the store."""
+    with pytest.raises(InvalidArgument, match="7fffffffffffffff"):
+        parse_id(text)

@@ -164,10 +164,11 @@ class Broker:
     # -- queues -----------------------------------------------------------
 
     async def create_queue(
-        self, name: str, *, exist_ok: bool = True, **settings: Any
+        self, name: str, /, *, exist_ok: bool = True, **settings: Any
     ) -> QueueConfig:
         """Create a queue. With ``exist_ok`` an existing queue of the same
-        settings is returned; different settings raise QueueExists."""
+        settings is returned; different settings raise QueueExists. (``name``
+        is positional: a setting called ``name`` is an unknown setting.)"""
         now = self._now()
         config = validation.queue_config(name, settings)
         config = msgspec.structs.replace(config, created_at=now)
@@ -185,7 +186,7 @@ class Broker:
             )
         return existing
 
-    async def configure_queue(self, name: str, **settings: Any) -> QueueConfig:
+    async def configure_queue(self, name: str, /, **settings: Any) -> QueueConfig:
         self._now()
         base = await self.store.get_queue(validation.queue_name(name))
         config = validation.queue_config(name, settings, base=base)
@@ -618,8 +619,9 @@ class Broker:
             if not isinstance(item, kind):
                 raise InvalidArgument(f"items must be {kind.__name__}, not {type(item).__name__}")
             parse_id(item.id)
-            if isinstance(item.token, bool) or not isinstance(item.token, int) or item.token < 1:
-                raise InvalidArgument(f"bad fencing token {item.token!r}")
+            token = item.token
+            if isinstance(token, bool) or not isinstance(token, int) or not 0 < token < 2**63:
+                raise InvalidArgument(f"bad fencing token {validation.short_repr(token)}")
         return items
 
     def _after_settle(self, settled: Settled, finished: list[str]) -> None:

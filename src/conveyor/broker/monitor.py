@@ -19,6 +19,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from conveyor.core.errors import ConveyorError
 from conveyor.store.base import Swept
 
 log = logging.getLogger("conveyor.monitor")
@@ -54,5 +55,7 @@ class LeaseMonitor:
                 await self._sweep()
             except asyncio.CancelledError:
                 raise
+            except ConveyorError as exc:  # the store is down, say: no traceback
+                log.warning("lease monitor sweep failed (%s); retrying next tick", exc)
             except Exception:
                 log.exception("lease monitor sweep failed; retrying next tick")

@@ -24,6 +24,7 @@ import msgspec
 
 from conveyor.broker.broker import Broker
 from conveyor.broker.replies import ReplyBudget
+from conveyor.core import validation
 from conveyor.core.errors import ConveyorError, InvalidArgument
 from conveyor.core.types import Ack, Dead, Extend, Nack, NewMessage
 from conveyor.core.wire import UnknownOperation
@@ -203,12 +204,14 @@ def _whole(a: Any, max_reply: int) -> int:
 OPERATIONS: dict[str, Operation] = {
     "create_queue": Operation(
         CreateQueue,
-        lambda b, a, s, r: b.create_queue(a.queue, exist_ok=a.exist_ok, **a.settings),
+        lambda b, a, s, r: b.create_queue(
+            a.queue, exist_ok=a.exist_ok, **validation.queue_settings(a.settings)
+        ),
         "Create a queue (the same settings again: returns it).",
     ),
     "configure_queue": Operation(
         ConfigureQueue,
-        lambda b, a, s, r: b.configure_queue(a.queue, **a.settings),
+        lambda b, a, s, r: b.configure_queue(a.queue, **validation.queue_settings(a.settings)),
         "Change a queue's settings.",
     ),
     "delete_queue": Operation(
@@ -292,7 +295,7 @@ async def call(
     """Run operation ``name`` with raw arguments; UnknownOperation if none."""
     op = OPERATIONS.get(name) if isinstance(name, str) else None
     if op is None:
-        raise UnknownOperation(f"no operation named {name!r}")
+        raise UnknownOperation(f"no operation named {validation.short_repr(name)}")
     args = parse_args(op, raw)
     if budget is not None and op.reply is not None:
         max_reply = broker.config.max_reply_bytes

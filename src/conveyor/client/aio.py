@@ -180,12 +180,12 @@ class AsyncClient:
     # -- queues --------------------------------------------------------------
 
     async def create_queue(
-        self, name: str, *, exist_ok: bool = True, **settings: Any
+        self, name: str, /, *, exist_ok: bool = True, **settings: Any
     ) -> QueueConfig:
         args = {"queue": name, "settings": settings, "exist_ok": exist_ok}
         return await self._call("create_queue", args, QueueConfig)
 
-    async def configure_queue(self, name: str, **settings: Any) -> QueueConfig:
+    async def configure_queue(self, name: str, /, **settings: Any) -> QueueConfig:
         return await self._call(
             "configure_queue", {"queue": name, "settings": settings}, QueueConfig
         )

@@ -159,10 +159,10 @@ class Client:
         finally:
             self._portal.close()
 
-    def create_queue(self, name: str, *, exist_ok: bool = True, **settings: Any) -> QueueConfig:
+    def create_queue(self, name: str, /, *, exist_ok: bool = True, **settings: Any) -> QueueConfig:
         return self._runner.call(self._plain.create_queue(name, exist_ok=exist_ok, **settings))
 
-    def configure_queue(self, name: str, **settings: Any) -> QueueConfig:
+    def configure_queue(self, name: str, /, **settings: Any) -> QueueConfig:
         return self._runner.call(self._plain.configure_queue(name, **settings))
 
     def delete_queue(self, name: str) -> None:

@@ -20,10 +20,19 @@ _HEX = frozenset("0123456789abcdefABCDEF")
 
 
 def parse_id(value: object) -> int:
-    # int(..., 16) alone would also take signs, spaces and underscores.
-    if isinstance(value, str) and len(value) == 16 and _HEX.issuperset(value):
+    # int(..., 16) alone would also take signs, spaces and underscores. Ids
+    # are signed 64-bit in every store: the top digit is at most 7.
+    if (
+        isinstance(value, str)
+        and len(value) == 16
+        and _HEX.issuperset(value)
+        and value[0] in "01234567"
+    ):
         return int(value, 16)
-    raise InvalidArgument(f"bad message id {value!r}: 16 hexadecimal digits expected")
+    shown = repr(value[:40]) if isinstance(value, str) else type(value).__name__
+    raise InvalidArgument(
+        f"bad message id {shown}: 16 hexadecimal digits, at most 7fffffffffffffff"
+    )
 
 
 def id_time(message_id: str) -> float:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+import reprlib
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 from conveyor.core.errors import BodyTooLarge, InvalidArgument
 from conveyor.core.types import QUEUE_SETTINGS, NewMessage, QueueConfig
@@ -17,13 +19,32 @@ QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,199}")
 MAX_PRIORITY = 9
 MAX_KEY_LENGTH = 255
 MAX_HEADERS_BYTES = 64 * 1024
+MAX_INT64 = 2**63 - 1  # what every store and the native protocol can carry
+
+
+class _ShortRepr(reprlib.Repr):
+    """User values in error messages: short, never recursing deep, and an
+    integer too long for repr() shown by its size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel = 3
+        self.maxstring = self.maxother = 60
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 128:
+            return f"<an integer of {x.bit_length()} bits>"
+        return repr(x)
+
+
+short_repr = _ShortRepr().repr
 
 
 def queue_name(name: object) -> str:
     if not isinstance(name, str) or not QUEUE_NAME.fullmatch(name):
         raise InvalidArgument(
-            f"bad queue name {name!r}: 1 to 200 characters of letters, digits, '_', '.', ':'"
-            " or '-', starting with a letter or digit"
+            f"bad queue name {short_repr(name)}: 1 to 200 characters of letters, digits,"
+            " '_', '.', ':' or '-', starting with a letter or digit"
         )
     return name
 
@@ -33,19 +54,19 @@ def _number(name: str, value: object, *, minimum: float, allow_zero: bool = True
         raise InvalidArgument(f"{name} must be a number, not {type(value).__name__}")
     v = float(value)
     if math.isnan(v) or math.isinf(v):
-        raise InvalidArgument(f"{name} must be finite, not {value!r}")
+        raise InvalidArgument(f"{name} must be finite, not {short_repr(value)}")
     if v < minimum or (not allow_zero and v == 0):
         bound = f"greater than {minimum:g}" if not allow_zero else f"at least {minimum:g}"
-        raise InvalidArgument(f"{name} must be {bound}, not {value!r}")
+        raise InvalidArgument(f"{name} must be {bound}, not {short_repr(value)}")
     return v
 
 
 def _integer(name: str, value: object, *, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidArgument(f"{name} must be an integer, not {value!r}")
+        raise InvalidArgument(f"{name} must be an integer, not {short_repr(value)}")
     if value < minimum or (maximum is not None and value > maximum):
         top = f" and at most {maximum}" if maximum is not None else ""
-        raise InvalidArgument(f"{name} must be at least {minimum}{top}, not {value}")
+        raise InvalidArgument(f"{name} must be at least {minimum}{top}, not {short_repr(value)}")
     return value
 
 
@@ -117,31 +138,73 @@ def headers(value: object) -> dict[str, str]:
     return value
 
 
+class SettingRule(NamedTuple):
+    """What one queue setting accepts (the OpenAPI document shows the same)."""
+
+    integer: bool  # an integer; else any finite number
+    minimum: float
+    maximum: float | None = None
+    exclusive_minimum: bool = False  # greater than minimum, not equal
+    nullable: bool = False  # None: no limit
+
+
+SETTING_RULES: dict[str, SettingRule] = {
+    "visibility_timeout": SettingRule(False, 0, exclusive_minimum=True),
+    "max_attempts": SettingRule(True, 1, 1_000_000),
+    "max_length": SettingRule(True, 1, MAX_INT64, nullable=True),
+    "dedup_window": SettingRule(False, 0),
+    "retry_base": SettingRule(False, 0),
+    "retry_max": SettingRule(False, 0, exclusive_minimum=True),
+    "retry_jitter": SettingRule(False, 0, 1),
+    "buckets": SettingRule(True, 1, 4096),
+    "result_ttl": SettingRule(False, 0, exclusive_minimum=True),
+}
+assert tuple(SETTING_RULES) == QUEUE_SETTINGS
+
+
+def queue_settings(settings: object) -> dict[str, Any]:
+    """``settings`` as a mapping of known setting names, values unchecked.
+
+    Every front end runs this before settings become keyword arguments, so a
+    setting named like a parameter (``name``, ``exist_ok``, ``self``) is an
+    unknown setting, never a clash of arguments."""
+    if not isinstance(settings, Mapping):
+        raise InvalidArgument(
+            f"settings are a mapping of names to values, not {short_repr(settings)}"
+        )
+    unknown = [k for k in settings if k not in SETTING_RULES]
+    if unknown:
+        names = ", ".join(short_repr(k) for k in unknown)
+        raise InvalidArgument(
+            f"unknown queue setting(s) {names}; the settings are {', '.join(QUEUE_SETTINGS)}"
+        )
+    return dict(settings)
+
+
+def setting(name: str, value: object) -> Any:
+    """One queue setting's value, checked by its rule."""
+    rule = SETTING_RULES[name]
+    if value is None and rule.nullable:
+        return None
+    if rule.integer:
+        return _integer(name, value, minimum=int(rule.minimum), maximum=_int(rule.maximum))
+    number = _number(name, value, minimum=rule.minimum, allow_zero=not rule.exclusive_minimum)
+    if rule.maximum is not None and number > rule.maximum:
+        raise InvalidArgument(
+            f"{name} must be between {rule.minimum:g} and {rule.maximum:g}, not {short_repr(value)}"
+        )
+    return number
+
+
+def _int(bound: float | None) -> int | None:
+    return None if bound is None else int(bound)
+
+
 def queue_config(
-    name: str, settings: dict[str, Any], base: QueueConfig | None = None
+    name: str, settings: Mapping[str, Any], base: QueueConfig | None = None
 ) -> QueueConfig:
     """A QueueConfig from user settings, every value checked."""
-    unknown = set(settings) - set(QUEUE_SETTINGS)
-    if unknown:
-        raise InvalidArgument(
-            f"unknown queue setting(s) {sorted(unknown)}; known: {', '.join(QUEUE_SETTINGS)}"
-        )
-    checked: dict[str, Any] = {}
-    for key, value in settings.items():
-        if key in ("visibility_timeout", "dedup_window", "result_ttl", "retry_max"):
-            checked[key] = seconds(key, value, positive=key != "dedup_window")
-        elif key == "retry_base":
-            checked[key] = seconds(key, value)
-        elif key == "retry_jitter":
-            checked[key] = _number(key, value, minimum=0.0)
-            if checked[key] > 1:
-                raise InvalidArgument(f"retry_jitter must be between 0 and 1, not {value}")
-        elif key == "max_attempts":
-            checked[key] = _integer(key, value, minimum=1, maximum=1_000_000)
-        elif key == "max_length":
-            checked[key] = None if value is None else _integer(key, value, minimum=1)
-        elif key == "buckets":
-            checked[key] = _integer(key, value, minimum=1, maximum=4096)
+    checked = {key: setting(key, value) for key, value in queue_settings(settings).items()}
     if base is None:
         return QueueConfig(name=queue_name(name), **checked)
     fields = {f: getattr(base, f) for f in (*QUEUE_SETTINGS, "name", "created_at")}

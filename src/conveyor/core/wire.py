@@ -20,7 +20,9 @@ comes, without buffering it, so that the request alone can be refused.
 
 from __future__ import annotations
 
+import gc
 import struct
+from itertools import compress
 from typing import Any
 
 import msgspec
@@ -31,6 +33,10 @@ MAGIC = b"CNVY"
 VERSION = 1
 PREAMBLE = MAGIC + bytes([VERSION])
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024 + 64 * 1024
+# Arrays and maps nest at most this deep in one frame (the frame's own array
+# is level 1); a deeper frame is refused before anything walks it.
+MAX_DEPTH = 64
+_CONTAINERS = frozenset({list, dict, tuple})
 
 REQUEST, REPLY, ERROR, PUSH, HEARTBEAT, SUB_END = 0, 1, 2, 3, 4, 5
 
@@ -211,6 +217,29 @@ def decode(payload: bytes) -> list[Any]:
         frame = _decoder.decode(payload)
     except msgspec.DecodeError as exc:
         raise ProtocolError(f"undecodable frame: {exc}") from None
+    except RecursionError:  # msgspec's own guard, far deeper than MAX_DEPTH
+        raise ProtocolError(f"a frame nested deeper than {MAX_DEPTH} levels") from None
     if not isinstance(frame, list) or not frame or not isinstance(frame[0], int):
         raise ProtocolError("a frame is an array that starts with its kind")
+    # A frame shorter than MAX_DEPTH bytes cannot nest deeper.
+    if len(payload) > MAX_DEPTH and nested_deeper(frame, MAX_DEPTH):
+        raise ProtocolError(f"a frame nested deeper than {MAX_DEPTH} levels")
     return frame
+
+
+def nested_deeper(value: object, limit: int) -> bool:
+    """Whether the arrays and maps of a decoded document nest more than
+    ``limit`` levels deep (``value`` itself is level 1).
+
+    Level by level, without recursing: gc.get_referents lists, in C, what the
+    containers of one level hold (a list's items, a dict's values and any
+    keys that are not strings, a tuple's items: the decoders' array keys),
+    and the containers among them make the next level. Cheap enough for
+    every frame: no Python code runs per message, only per level."""
+    level = [value] if type(value) in _CONTAINERS else []
+    for _ in range(limit):
+        if not level:
+            return False
+        held = gc.get_referents(*level)
+        level = list(compress(held, map(_CONTAINERS.__contains__, map(type, held))))
+    return bool(level)

@@ -16,7 +16,9 @@ whose leases end only by ack or by their visibility timeout, as in SQS.
 Errors are JSON, ``{"error": {"code": ..., "message": ...}}``, with the
 stable codes of conveyor.core.errors and the statuses of ``STATUS`` (plus
 ``not_found`` 404 and ``method_not_allowed`` 405 for a wrong path or method).
-Unknown fields in a message or a queue creation are refused, not ignored.
+Unknown fields in a body are refused, not ignored; a body nested deeper than
+wire.MAX_DEPTH or with an integer past 64 bits gets invalid_argument before
+anything walks it. The user's guide is docs/http.md.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import binascii
 import contextlib
 import hmac
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -35,6 +38,7 @@ from aiohttp import web
 
 from conveyor.broker import operations
 from conveyor.broker.broker import Broker
+from conveyor.core import validation, wire
 from conveyor.core.errors import ConveyorError, InvalidArgument, SessionNotFound
 from conveyor.core.types import Delivery, Message, NewMessage, Result
 from conveyor.server.metrics import render_metrics
@@ -67,6 +71,9 @@ HTTP_CODES = {
     413: "body_too_large",
 }
 MESSAGE_FIELDS = frozenset(NewMessage.__struct_fields__) - {"body"}
+_INT64_MIN = -validation.MAX_INT64 - 1
+_JSON_VALUES = frozenset({"json", "result_json"})  # fields that hold any JSON value
+SESSION_ID = re.compile(r"[!-~]{1,64}")  # what a session id from open_session can be
 
 
 class SharedSession:
@@ -127,9 +134,9 @@ def _decode_body(item: dict[str, Any]) -> dict[str, Any]:
             raise InvalidArgument("body_base64 is not valid base64") from None
     else:
         out["body"] = msgspec.json.encode(value)
-        headers = dict(out.get("headers") or {})
-        headers.setdefault("content-type", "application/json")
-        out["headers"] = headers
+        headers = out.get("headers")
+        if headers is None or isinstance(headers, dict):  # else refused as it is
+            out["headers"] = {"content-type": "application/json", **(headers or {})}
     return out
 
 
@@ -197,8 +204,10 @@ class HttpApi:
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         if self.token is not None and request.path not in ("/healthz",):
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+            # Header bytes that are not UTF-8 come as surrogates: compared
+            # as the bytes they were, they simply do not match.
+            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+            if not hmac.compare_digest(given, f"Bearer {self.token}".encode()):
                 return _error(401, "unauthorized", "missing or wrong bearer token")
         try:
             return await handler(request)
@@ -222,16 +231,28 @@ class HttpApi:
     async def _json(self, request: web.Request) -> dict[str, Any]:
         if not request.can_read_body:
             return {}
+        too_deep = f"the request body nests arrays and objects deeper than {wire.MAX_DEPTH} levels"
         try:
             data = msgspec.json.decode(await request.read())
         except msgspec.DecodeError as exc:
             raise InvalidArgument(f"the request body is not JSON: {exc}") from None
+        except RecursionError:  # msgspec's own guard, far deeper than MAX_DEPTH
+            raise InvalidArgument(too_deep) from None
         if not isinstance(data, dict):
             raise InvalidArgument("the request body is a JSON object")
+        if wire.nested_deeper(data, wire.MAX_DEPTH):
+            raise InvalidArgument(too_deep)
+        _check_integers(data)
         return data
 
     async def _op(self, name: str, args: dict[str, Any], request: web.Request) -> web.Response:
         session_id = request.headers.get("X-Conveyor-Session")
+        if session_id and not SESSION_ID.fullmatch(session_id):
+            # Header bytes that are not UTF-8 come as surrogates, which no store takes.
+            raise InvalidArgument(
+                "X-Conveyor-Session is the id of a session from POST /v1/sessions"
+                f" (printable ASCII), not {validation.short_repr(session_id)}"
+            )
         source: operations.SessionSource = NamedSession(session_id) if session_id else self.shared
         result = await operations.call(self.broker, name, args, source)
         return web.json_response(to_json(result), dumps=lambda v: msgspec.json.encode(v).decode())
@@ -303,7 +324,7 @@ class HttpApi:
         route(
             "POST",
             q + "/redrive",
-            lambda rq, b: ("redrive", {"queue": qn(rq), "ids": b.get("ids")}),
+            lambda rq, b: ("redrive", {"queue": qn(rq), "ids": _only(b, "ids").get("ids")}),
         )
         for op in ("ack", "nack", "extend", "dead"):
             route("POST", f"/v1/{op}", lambda rq, b, op=op: (op, _settle_args(op, b)))  # type: ignore[misc]
@@ -315,7 +336,7 @@ class HttpApi:
                 {
                     "topic": rq.match_info["topic"],
                     "message": _decode_body(
-                        b["message"]
+                        _only(b, "message", "idempotency_key")["message"]
                         if "message" in b
                         else {k: v for k, v in b.items() if k != "idempotency_key"}
                     ),
@@ -374,12 +395,12 @@ class HttpApi:
         )
 
     async def _openapi(self, request: web.Request) -> web.Response:
-        return web.json_response(openapi_document())
+        return web.json_response(openapi_document(token=self.token is not None))
 
 
 def _enqueue_args(queue: str, body: dict[str, Any]) -> dict[str, Any]:
     if "messages" in body:
-        messages = body["messages"]
+        messages = _only(body, "messages", "idempotency_key")["messages"]
         if not isinstance(messages, list):
             raise InvalidArgument("messages is a list")
         return {
@@ -417,6 +438,24 @@ def _settle_args(op: str, body: dict[str, Any]) -> dict[str, Any]:
             out.append(item)
         items = out
     return {"items": items}
+
+
+def _check_integers(document: Any) -> None:
+    """JSON integers are 64-bit, as on the native protocol and in every store
+    (a ``json`` body or ``result_json`` is the user's own: stored as its text)."""
+    containers = [document]
+    while containers:
+        container = containers.pop()
+        if isinstance(container, dict):
+            container = [v for k, v in container.items() if k not in _JSON_VALUES]
+        for value in container:
+            if isinstance(value, dict | list):
+                containers.append(value)
+            elif (
+                type(value) is int
+                and not -validation.MAX_INT64 - 1 <= value <= validation.MAX_INT64
+            ):
+                raise InvalidArgument(f"integer {validation.short_repr(value)} exceeds 64 bits")
 
 
 def _only(body: dict[str, Any], *fields: str) -> dict[str, Any]:

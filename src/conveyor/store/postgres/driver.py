@@ -49,6 +49,12 @@ class Pool(Protocol):
     def get_idle_size(self) -> int: ...
 
 
+def application_name(options: PostgresOptions) -> str:
+    """What pg_stat_activity shows for the store's connections: the schema
+    tells one installation's backends from another's."""
+    return f"{options.application_name} {options.schema}"
+
+
 def _connect_kwargs(options: PostgresOptions) -> dict[str, Any]:
     return {
         "dsn": options.dsn,
@@ -57,7 +63,7 @@ def _connect_kwargs(options: PostgresOptions) -> dict[str, Any]:
         # off for analytics, never for a queue's short statements.
         "server_settings": {
             "search_path": options.schema,
-            "application_name": options.application_name,
+            "application_name": application_name(options),
             "jit": "off",
         },
     }
@@ -115,24 +121,44 @@ def is_unique_violation(exc: BaseException) -> bool:
     return isinstance(exc, asyncpg.exceptions.UniqueViolationError)
 
 
+# The connection is gone or unusable: lost, closed, or left by an operation
+# cut in the middle ("another operation is in progress", an InternalClientError
+# of asyncpg's protocol state).
+_CONNECTION_ERRORS = (
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    OSError,
+    TimeoutError,
+)
+# SQLSTATE classes of a server that ends the session: 08 connection
+# exception, 57P operator intervention (pg_terminate_backend, shutdown).
+_ENDS_SESSION = ("08", "57P")
+
+
 def is_driver_error(exc: BaseException) -> bool:
-    """An error of the database or the connection (not a bug of ours)."""
-    return isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | OSError | TimeoutError)
+    """An error of the database, the driver or the connection (not a bug of ours)."""
+    return isinstance(exc, (asyncpg.PostgresError, *_CONNECTION_ERRORS))
 
 
 def is_connection_error(exc: BaseException) -> bool:
     """The connection broke: whether the last commit happened is unknown."""
-    return isinstance(
-        exc,
-        asyncpg.exceptions.PostgresConnectionError
-        | asyncpg.InterfaceError
-        | OSError
-        | TimeoutError,
-    )
+    if isinstance(exc, asyncpg.PostgresError) and str(exc.sqlstate or "").startswith(_ENDS_SESSION):
+        return True
+    return isinstance(exc, _CONNECTION_ERRORS)
 
 
 # Text PostgreSQL cannot store: NUL characters, unpaired surrogates.
 _BAD_TEXT = ("22021", "22P05")
+
+
+def translate(exc: BaseException) -> BaseException:
+    """What a store operation that failed with ``exc`` raises to the broker:
+    a ConveyorError as it is, a driver error as store_error() makes it, and
+    anything else (a bug) unchanged. Every store entry point goes through it."""
+    if isinstance(exc, ConveyorError) or not is_driver_error(exc):
+        return exc
+    return store_error(exc)
 
 
 def store_error(exc: BaseException) -> ConveyorError:

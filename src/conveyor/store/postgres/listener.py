@@ -11,6 +11,8 @@ again at least once a second (the broker's receive loop), so a lost
 notification, or a listening connection that broke, delays a delivery by at
 most that second. A broken connection is replaced (with backoff), and after
 a reconnect every queue is reported once, for what was missed meanwhile.
+The loss is logged once as a WARNING (no traceback: it is an outage, not a
+bug) and the recovery as INFO; the attempts in between at DEBUG.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from conveyor.core.errors import ConveyorError
 from conveyor.store.postgres import driver
 from conveyor.store.postgres.options import PostgresOptions
 from conveyor.store.postgres.queries import Q
@@ -100,35 +103,57 @@ class NotificationListener:
         self._on_change(queue)
 
     async def _watch(self) -> None:
-        delay = 0.1
+        """Check the listening connection; when it is lost, say so once
+        (WARNING), listen again, and say so (INFO)."""
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._lost.wait(), PING_EVERY)
-            conn = self._conn
-            if conn is not None and not conn.is_closed() and not self._lost.is_set():
-                try:
-                    await asyncio.wait_for(conn.fetchval("SELECT 1"), PING_EVERY)
-                    continue
-                except Exception as exc:
-                    log.warning("the LISTEN connection stopped answering: %s", exc)
-            if conn is not None:
-                conn.terminate()
+            reason = await self._lost_because()
+            if reason is None:
+                continue
+            log.warning("the LISTEN connection was lost (%s); listening again", reason)
+            await self._listen_again()
+            self.reconnects += 1
+            log.info("listening for other nodes' changes again")
+            await self._wake_all()
+
+    async def _lost_because(self) -> str | None:
+        """None while the listening connection lives, else what happened to it."""
+        conn = self._conn
+        if conn is None or conn.is_closed() or self._lost.is_set():
+            return "the server closed it"
+        try:
+            await asyncio.wait_for(conn.fetchval("SELECT 1"), PING_EVERY)
+        except Exception as exc:
+            return f"it stopped answering: {type(exc).__name__}: {exc}"
+        return None
+
+    async def _listen_again(self) -> None:
+        """A new listening connection, retried with backoff for as long as
+        it takes (each failure at DEBUG: the WARNING said it once)."""
+        delay = 0.1
+        while True:
+            if self._conn is not None:
+                self._conn.terminate()
             self._conn = None
             try:
                 self._conn = await self._listen()
+                return
             except Exception as exc:
-                log.warning("cannot LISTEN again (%s); retrying in %.1fs", exc, delay)
-                self._lost.set()
+                log.debug("cannot LISTEN yet (%s); trying again in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-                continue
-            delay = 0.1
-            self.reconnects += 1
-            log.info("listening for other nodes' changes again")
-            try:
-                await self._on_reconnect()
-            except Exception:
-                log.exception("waking every queue after a reconnect failed")
+
+    async def _wake_all(self) -> None:
+        """Every queue looks again, for what was missed meanwhile."""
+        try:
+            await self._on_reconnect()
+        except ConveyorError as exc:
+            # The pool may still be reconnecting too: waiting consumers look
+            # again within a second anyway.
+            log.debug("waking every queue after listening again: %s", exc)
+        except Exception:
+            log.exception("waking every queue after listening again failed")
 
 
 class Notifier:

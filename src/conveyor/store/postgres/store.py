@@ -134,9 +134,10 @@ class PostgresStore:
                 await migrate.check(conn, options.schema)
             epoch = int(await conn.fetchval(Q.epoch_next))
         except Exception as exc:
-            if driver.is_driver_error(exc):
-                raise driver.store_error(exc) from exc
-            raise
+            failure = driver.translate(exc)
+            if failure is exc:
+                raise
+            raise failure from exc
         finally:
             await conn.close()
         node = NodeState(secrets.token_hex(6), epoch, channel_for(options.schema))
@@ -200,7 +201,17 @@ class PostgresStore:
         conn = self._writer_conns.get(lane)
         if conn is None or conn.is_closed():
             conn = self._writer_conns[lane] = await driver.connect(self.options)
-        yield conn
+        try:
+            yield conn
+        except BaseException as exc:
+            if driver.is_connection_error(exc) or isinstance(exc, asyncio.CancelledError):
+                # Cut in the middle of an operation, it may never be usable
+                # again ("another operation is in progress"): the next round
+                # connects afresh.
+                if self._writer_conns.get(lane) is conn:
+                    del self._writer_conns[lane]
+                conn.terminate()
+            raise
 
     def _announce(self, queues: set[str]) -> None:
         """Tell the other nodes, now that it is committed."""
@@ -232,9 +243,10 @@ class PostgresStore:
                 if driver.is_transient(exc) and attempt + 1 < RETRIES:
                     await asyncio.sleep(0.002 * 2**attempt)
                     continue
-                if driver.is_driver_error(exc):
-                    raise driver.store_error(exc) from exc
-                raise
+                failure = driver.translate(exc)
+                if failure is exc:
+                    raise
+                raise failure from exc
         raise AssertionError("unreachable")
 
     async def _round(self, conn: driver.Connection, jobs: list[Job]) -> None:

@@ -162,12 +162,10 @@ class GroupCommitWriter:
 
 
 def _failure(error: BaseException) -> BaseException:
-    if isinstance(error, ConveyorError):
-        return error
-    if driver.is_driver_error(error):
-        return driver.store_error(error)
-    log.error("store round failed", exc_info=error)
-    return error  # a bug: reported to the caller as it is
+    failure = driver.translate(error)
+    if not isinstance(failure, ConveyorError):
+        log.error("store round failed", exc_info=error)
+    return failure  # a bug is reported to the caller as it is
 
 
 def _resolve(job: Job) -> None:
