@@ -15,8 +15,11 @@ Races with other nodes, and how each ends:
     from the settings read under that lock, not from the caller's;
   - a dedup or idempotency key stored by another node after the read: the
     conditional upsert reports it, and the round runs again (RetryTransaction);
-  - a group head made by another node after the read: the insert leaves the
-    would-be head out (unique index), and it is inserted as blocked instead.
+  - a group head made by another transaction after the read: the insert
+    leaves the would-be head out (unique index), and it is inserted as blocked
+    behind the head that won, once that head is held FOR SHARE (see
+    _insert_rows); every member queued behind a head holds that head until it
+    commits, so the head's ack or dead-lettering promotes it in its turn.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from conveyor.core.ring import bucket_of
 from conveyor.core.types import EnqueueResult, PreparedMessage, QueueConfig
 from conveyor.store.base import EnqueueOp
 from conveyor.store.postgres.driver import RetryTransaction
-from conveyor.store.postgres.messages import BLOCKED, READY, SCHEDULED
+from conveyor.store.postgres.messages import BLOCKED, HEAD_RACES, READY, SCHEDULED
 from conveyor.store.postgres.node import Effects, NodeState
 from conveyor.store.postgres.queries import Q
 
@@ -272,22 +275,38 @@ async def _write(conn: Connection, plan: Plan, now: float, fx: Effects) -> None:
             raise RetryTransaction("a dedup key was stored by another node meanwhile")
     if not plan.rows:
         return
-    columns = [list(c) for c in zip(*plan.rows, strict=True)]
-    inserted, heads = await _insert(conn, columns)
-    if inserted < len(plan.rows):
-        # Would-be heads that another node's transaction beat: they queue behind it.
-        won = set(heads)
-        late = [r for r in plan.rows if r[9] is not None and r[2] != BLOCKED and r[0] not in won]
-        blocked = [(*r[:2], BLOCKED, *r[3:]) for r in late]
-        count, _ = await _insert(conn, [list(c) for c in zip(*blocked, strict=True)])
-        assert count == len(blocked)
+    await _insert_rows(conn, plan.rows)
     for queue, count in plan.added.items():
         fx.add(queue, "depth", count)
         fx.add(queue, "enqueued", count)
         fx.notify.add(queue)
 
 
-async def _insert(conn: Connection, columns: list[list[Any]]) -> tuple[int, list[int]]:
+async def _insert_rows(conn: Connection, rows: list[Row]) -> None:
+    """Insert the round's messages. A would-be head that another transaction
+    beat to it (unique index) queues behind the head that won, holding it FOR
+    SHARE as the read holds the heads it saw: without the lock, that head
+    could be delivered and finish (promoting nobody) before this member is
+    committed, which would then wait behind no head, and the next member
+    enqueued would lead in its place. A head that finished between the two
+    statements leaves its group without one: the member tries to lead again."""
+    pending = rows
+    for _ in range(HEAD_RACES):
+        inserted, won = await _insert(conn, pending)
+        if inserted == len(pending):
+            return
+        heads = set(won)
+        lost = [r for r in pending if r[9] is not None and r[2] != BLOCKED and r[0] not in heads]
+        groups = sorted({(r[1], r[9]) for r in lost})
+        found = await conn.fetch(Q.heads_share, [q for q, _ in groups], [g for _, g in groups])
+        held = {(q, g) for q, g in found}
+        pending = [(*r[:2], BLOCKED, *r[3:]) if (r[1], r[9]) in held else r for r in lost]
+    raise RetryTransaction("group heads were made and finished meanwhile, again and again")
+
+
+async def _insert(conn: Connection, rows: list[Row]) -> tuple[int, list[int]]:
+    """Rows inserted, and the group heads among them."""
+    columns = [list(c) for c in zip(*rows, strict=True)]
     row = await conn.fetchrow(Q.messages_insert, *columns)
     assert row is not None
     return int(row[0]), list(row[1])

@@ -14,8 +14,9 @@ transition): here transactions of several nodes run at once, so
     expiry of the session (which deletes the row first) sees its leases;
   - the bucket-owner check locks the bucket rows it passes (SKIP LOCKED), so
     two sessions never take from one bucket at once;
-  - group heads are unique by index, and an enqueue locks the head it queues
-    behind FOR SHARE, so a head cannot finish (and its group be promoted)
+  - group heads are unique by index, and an enqueue (or a redrive) locks the
+    head it queues behind FOR SHARE (the one it read, or the one that beat it
+    to the head), so a head cannot finish (and its group be promoted)
     without seeing the members committed behind it;
   - the lease monitor of every node sweeps, each taking rows with SKIP
     LOCKED: two monitors never release the same lease or end one session twice.
@@ -58,6 +59,7 @@ READY, SCHEDULED, LEASED, DEAD, BLOCKED = 0, 1, 2, 3, 4
 SWEEP_LIMIT = 5000  # rows per kind per sweep: keeps each monitor transaction short
 PROMOTE_LIMIT = 5000  # due messages a claim makes ready; the monitor does the rest
 FOLD_ABOVE = 32  # delta rows of one queue (or session) before the monitor folds them
+HEAD_RACES = 8  # looks for a group's head, each lost to another transaction's, before a rerun
 _decode_headers = msgspec.json.Decoder(dict[str, str]).decode
 _DEFAULTS = QueueConfig(name="-")
 

@@ -12,7 +12,7 @@ from conveyor.core.ids import format_id
 from conveyor.core.ring import bucket_of
 from conveyor.core.types import Message, MessageState, QueueConfig
 from conveyor.store.postgres import driver
-from conveyor.store.postgres.messages import BLOCKED, READY
+from conveyor.store.postgres.messages import BLOCKED, HEAD_RACES, READY
 from conveyor.store.postgres.node import config_from
 from conveyor.store.postgres.queries import Q
 
@@ -40,18 +40,25 @@ async def rebucket(conn: driver.Connection, config: QueueConfig) -> None:
 async def redrive_one(
     conn: driver.Connection, queue: str, seq: int, grp: str | None, now: float
 ) -> None:
-    """Make one dead letter ready again, or blocked behind its group's head.
-    A head that another transaction makes meanwhile wins (unique index)."""
-    if grp is not None and await conn.fetchval(Q.group_has_head, queue, grp):
-        await conn.execute(Q.redrive_one, seq, BLOCKED, now)
+    """Make one dead letter ready again, or blocked behind its group's head,
+    held FOR SHARE (as an enqueue holds it) so that the head cannot finish
+    before the redrive commits. A head that another transaction makes
+    meanwhile wins (unique index): the message then looks again."""
+    if grp is None:
+        await conn.execute(Q.redrive_one, seq, READY, now)
         return
-    try:
-        async with conn.transaction():  # a savepoint
-            await conn.execute(Q.redrive_one, seq, READY, now)
-    except Exception as exc:
-        if not driver.is_unique_violation(exc):
-            raise
-        await conn.execute(Q.redrive_one, seq, BLOCKED, now)
+    for _ in range(HEAD_RACES):
+        if await conn.fetchval(Q.group_has_head, queue, grp):
+            await conn.execute(Q.redrive_one, seq, BLOCKED, now)
+            return
+        try:
+            async with conn.transaction():  # a savepoint
+                await conn.execute(Q.redrive_one, seq, READY, now)
+            return
+        except Exception as exc:
+            if not driver.is_unique_violation(exc):
+                raise
+    raise driver.RetryTransaction("group heads were made and finished meanwhile, again and again")
 
 
 def dead_message(queue: str, config: QueueConfig, row: Any) -> Message:
