@@ -17,6 +17,7 @@ from integration_support import Http, ServerProcess
 
 import conveyor
 from conveyor import NewMessage
+from conveyor.client import aio
 from conveyor.core import wire
 from conveyor.store.base import delivery_size
 
@@ -113,6 +114,25 @@ async def test_results_of_a_mebibyte_read_back_many_at_once(
         # sent as the budget allows, and every one arrives whole.
         results = await asyncio.gather(*(client.result(i, timeout=10) for i in ids))
         assert [r.body for r in results] == [body(n) for n in range(count)]
+
+
+async def test_acks_with_a_mebibyte_result_each_made_at_once_all_settle(
+    server: ServerProcess, queue: str
+) -> None:
+    """Settles made in one event-loop turn travel as one request: twenty acks
+    of ~1 MiB results would make a frame over the limit, so the client cuts
+    the batch by bytes and each part is its own request."""
+    async with conveyor.AsyncClient(server.url, name="acks", timeout=60) as client:
+        await client.create_queue(queue, visibility_timeout=300)
+        count = 20
+        await client.enqueue_many(queue, [b"%d" % n for n in range(count)])
+        got: list[aio.Delivery] = []
+        while len(got) < count:
+            got += await client.receive(queue, max=count, wait=1)
+        await asyncio.gather(*(d.ack(result=body(int(d.body))) for d in got))
+        results = [await client.result(d.id, timeout=10) for d in got]
+        assert [r.body for r in results] == [body(int(d.body)) for d in got]
+        assert (await client.stats(queue)).leased == 0
 
 
 def test_the_http_receive_is_cut_to_the_same_bound(server: ServerProcess, queue: str) -> None:

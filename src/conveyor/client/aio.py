@@ -74,6 +74,40 @@ def _outcome_error(outcome: Mapping[str, Any] | Any) -> ConveyorError | None:
     return error_for_code(str(data.get("code")), str(data.get("message")))
 
 
+# Bytes of results, errors and reasons one settle batch carries at most (a
+# single item may carry more, up to the broker's max_body), and its items.
+SETTLE_BATCH_BYTES = 4 << 20
+SETTLE_BATCH_ITEMS = 1000
+
+
+class _SettleBatch:
+    """Settles of one kind made in one event-loop turn, sent as one request."""
+
+    __slots__ = ("futures", "items", "size")
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+        self.futures: list[asyncio.Future[dict[str, Any]]] = []
+        self.size = 0
+
+    def add(self, item: dict[str, Any], future: asyncio.Future[dict[str, Any]], size: int) -> None:
+        self.items.append(item)
+        self.futures.append(future)
+        self.size += size
+
+    def full(self, size: int) -> bool:
+        """Whether an item of ``size`` must go in the next batch."""
+        if not self.items:
+            return False
+        return self.size + size > SETTLE_BATCH_BYTES or len(self.items) >= SETTLE_BATCH_ITEMS
+
+
+def _settle_size(item: Mapping[str, Any]) -> int:
+    """What a settle item adds to its batch's frame, roughly: its free-form
+    fields and a fixed part for the id, token and numbers."""
+    return 64 + sum(len(item.get(k) or b"") for k in ("result", "error", "reason"))
+
+
 class Delivery:
     """A leased message, with the calls that settle its lease."""
 
@@ -142,9 +176,7 @@ class AsyncClient:
         self._transport: Any = open_transport(
             self.url, name=name, timeout=timeout, connect_timeout=connect_timeout, token=token
         )
-        self._batches: dict[
-            str, tuple[list[dict[str, Any]], list[asyncio.Future[dict[str, Any]]]]
-        ] = {}
+        self._batches: dict[str, _SettleBatch] = {}
         self._flushing: set[asyncio.Task[None]] = set()
 
     def _blocking_twin(self) -> AsyncClient | None:
@@ -362,19 +394,28 @@ class AsyncClient:
         await self._settle("dead", {"id": id, "token": token, "reason": reason})
 
     async def _settle(self, op: str, item: dict[str, Any]) -> dict[str, Any]:
-        # Settles made in the same event-loop turn travel as one batch.
+        # Settles made in the same event-loop turn travel as one batch, cut
+        # where it would pass SETTLE_BATCH_BYTES (acks carrying large results
+        # would otherwise make a frame the broker refuses).
+        size = _settle_size(item)
         batch = self._batches.get(op)
+        if batch is not None and batch.full(size):
+            self._flush(op)
+            batch = None
         if batch is None:
-            batch = self._batches[op] = ([], [])
+            batch = self._batches[op] = _SettleBatch()
             asyncio.get_running_loop().call_soon(self._flush, op)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        batch[0].append(item)
-        batch[1].append(future)
+        batch.add(item, future, size)
         return await future
 
     def _flush(self, op: str) -> None:
-        items, futures = self._batches.pop(op)
-        task = asyncio.get_running_loop().create_task(self._send_batch(op, items, futures))
+        batch = self._batches.pop(op, None)
+        if batch is None:  # sent already, cut short by its size
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._send_batch(op, batch.items, batch.futures)
+        )
         self._flushing.add(task)
         task.add_done_callback(self._flushing.discard)
 
