@@ -1,26 +1,33 @@
 """Conveyor: a durable message and task queue for Python."""
 
 from conveyor.client.aio import AsyncClient
-from conveyor.client.native import BrokerUnreachable, ConnectionLost
 from conveyor.client.sync import Client
 from conveyor.core.errors import (
     BodyTooLarge,
     BrokerClosed,
+    BrokerUnreachable,
+    ConnectionLost,
     ConveyorError,
+    FrameTooLarge,
     InvalidArgument,
     LeaseLost,
     MessageNotFound,
+    ProtocolError,
     QueueExists,
     QueueFull,
     QueueNotFound,
+    ReplyTooLarge,
     ResultTimeout,
     SessionNotFound,
     StoreError,
     StoreLocked,
+    TaskFailed,
+    TooManyConnections,
+    Unauthorized,
+    UnknownOperation,
 )
 from conveyor.core.types import NewMessage
-from conveyor.core.wire import ProtocolError, Unauthorized
-from conveyor.worker.app import App, Retry, Task, TaskFailed, TaskHandle
+from conveyor.worker.app import App, Retry, Task, TaskHandle
 from conveyor.worker.context import TaskContext, current_task
 from conveyor.worker.middleware.time_limits import TimeLimitExceeded
 
@@ -35,6 +42,7 @@ __all__ = [
     "Client",
     "ConnectionLost",
     "ConveyorError",
+    "FrameTooLarge",
     "InvalidArgument",
     "LeaseLost",
     "MessageNotFound",
@@ -43,6 +51,7 @@ __all__ = [
     "QueueExists",
     "QueueFull",
     "QueueNotFound",
+    "ReplyTooLarge",
     "ResultTimeout",
     "Retry",
     "SessionNotFound",
@@ -53,7 +62,9 @@ __all__ = [
     "TaskFailed",
     "TaskHandle",
     "TimeLimitExceeded",
+    "TooManyConnections",
     "Unauthorized",
+    "UnknownOperation",
     "__version__",
     "current_task",
 ]

@@ -23,8 +23,9 @@ from pathlib import Path
 import pytest
 
 from conveyor.broker.broker import Broker
-from conveyor.core.errors import StoreError
+from conveyor.core.errors import InvalidArgument, StoreError, StoreLocked
 from conveyor.core.types import NewMessage
+from conveyor.store.sqlite.errors import store_error
 from conveyor.store.sqlite.store import SqliteStore
 from conveyor.store.sqlite.writer import Transaction
 
@@ -196,3 +197,86 @@ async def test_an_error_that_rolls_the_whole_transaction_back_fails_the_whole_ba
         await store.writer.run(write)  # the writer goes on
     finally:
         await store.close()
+
+
+def sqlite_error(make: Callable[[], object]) -> sqlite3.Error:
+    """The error SQLite itself raises for ``make``."""
+    try:
+        make()
+    except sqlite3.Error as exc:
+        return exc
+    raise AssertionError("SQLite raised nothing")
+
+
+def test_sqlite_errors_become_the_most_specific_conveyor_error(tmp_path: Path) -> None:
+    """store/sqlite/errors.py, the one place the store maps SQLite's errors:
+    a database another connection holds locked is StoreLocked, a value too
+    large for SQLite is InvalidArgument, the rest (not a database, a full
+    disk, an I/O error) StoreError; each says what SQLite said."""
+    path = tmp_path / "locked.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA journal_mode=WAL")
+    holder.execute("BEGIN IMMEDIATE")
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    busy = sqlite_error(lambda: other.execute("BEGIN IMMEDIATE"))
+    holder.execute("ROLLBACK")
+    holder.close()
+    other.close()
+
+    small = sqlite3.connect(":memory:")
+    small.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 1000)
+    too_big = sqlite_error(lambda: small.execute("SELECT ?", (b"x" * 2000,)))
+    small.close()
+
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database" * 1000)
+    not_db = sqlite_error(lambda: sqlite3.connect(garbage).execute("SELECT * FROM sqlite_master"))
+
+    mapped = {name: store_error(exc) for name, exc in
+              [("busy", busy), ("too_big", too_big), ("not_db", not_db)]}  # fmt: skip
+    assert type(mapped["busy"]) is StoreLocked
+    assert mapped["busy"].message.startswith("SQLite: database is locked (SQLITE_BUSY)")
+    assert type(mapped["too_big"]) is InvalidArgument
+    assert "SQLITE_TOOBIG" in mapped["too_big"].message
+    assert type(mapped["not_db"]) is StoreError
+    assert mapped["not_db"].message == "SQLite: file is not a database (SQLITE_NOTADB)"
+    # An error without a result code (raised by hand, as a test does) is StoreError.
+    assert type(store_error(sqlite3.OperationalError("disk I/O error"))) is StoreError
+
+
+async def test_a_file_that_is_not_a_database_is_refused_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    path.write_bytes(b"not a database" * 1000)
+    with pytest.raises(StoreError, match=r"^SQLite: file is not a database \(SQLITE_NOTADB\)"):
+        await SqliteStore(path).open()
+    # Refused, and nothing of the store is held: the file opens once repaired.
+    path.unlink()
+    store = SqliteStore(path)
+    await store.open()
+    await store.close()
+
+
+@pytest.mark.slow
+async def test_a_database_another_process_holds_locked_refuses_writes_with_store_locked(
+    tmp_path: Path,
+) -> None:
+    """Another program inside a write transaction on the broker's file (a
+    ``sqlite3`` shell, say) for longer than the busy timeout: the writes it
+    blocks fail with StoreLocked, and the store goes on once it lets go."""
+    path = tmp_path / "q.db"
+    broker = Broker(SqliteStore(path), monitor=False)
+    await broker.start()
+    try:
+        await broker.create_queue("q")
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(StoreLocked, match="another process holds the database locked"):
+                await broker.enqueue("q", b"blocked")
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        await broker.enqueue("q", b"after")
+        assert (await broker.stats("q")).ready == 1
+    finally:
+        await broker.close()

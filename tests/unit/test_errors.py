@@ -3,7 +3,14 @@ mapping back to the same class on the other side of the wire."""
 
 from __future__ import annotations
 
+import importlib
+import json
 import pickle
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -132,3 +139,100 @@ def test_errors_survive_pickling(cls: type[ConveyorError]) -> None:
     copy = pickle.loads(pickle.dumps(error))
     assert type(copy) is cls
     assert copy.message == "detail"
+
+
+# A fresh interpreter: the registry as core/errors.py alone makes it, then
+# every module of the package imported and each ConveyorError subclass found.
+FRESH_REGISTRY = textwrap.dedent(
+    """
+    import importlib, json, pkgutil, sys
+    from conveyor.core.errors import ConveyorError, error_codes
+    known = {code: f"{cls.__module__}.{cls.__qualname__}" for code, cls in error_codes().items()}
+    import conveyor
+    for info in pkgutil.walk_packages(conveyor.__path__, "conveyor."):
+        if not info.name.endswith(".__main__"):  # it runs the command line
+            importlib.import_module(info.name)
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+    found = {
+        f"{c.__module__}.{c.__qualname__}": c.code
+        for c in [ConveyorError, *subclasses(ConveyorError)]
+        if c.__module__.split(".")[0] == "conveyor"
+    }
+    print(json.dumps({"known": known, "found": found}))
+    """
+)
+
+
+def test_a_fresh_interpreter_knows_every_code_from_core_errors_alone() -> None:
+    """The registry does not depend on what was imported: every ConveyorError
+    of the package is declared in core/errors.py and registered there."""
+    command = [sys.executable, "-c", FRESH_REGISTRY]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    known, found = seen["known"], seen["found"]
+    assert {path for path in found if not path.startswith("conveyor.core.errors.")} == set()
+    assert {code: path for path, code in found.items()} == known
+    assert len(known) >= 22
+
+
+@pytest.mark.parametrize(
+    ("old_path", "name"),
+    [
+        ("conveyor.core.wire", "ProtocolError"),
+        ("conveyor.core.wire", "FrameTooLarge"),
+        ("conveyor.core.wire", "ReplyTooLarge"),
+        ("conveyor.core.wire", "TooManyConnections"),
+        ("conveyor.core.wire", "Unauthorized"),
+        ("conveyor.core.wire", "UnknownOperation"),
+        ("conveyor.client.connecting", "ConnectionLost"),
+        ("conveyor.client.connecting", "BrokerUnreachable"),
+        ("conveyor.client.native", "ConnectionLost"),
+        ("conveyor.client.native", "BrokerUnreachable"),
+        ("conveyor.worker.app", "TaskFailed"),
+        ("conveyor", "TaskFailed"),
+    ],
+)
+def test_the_old_import_paths_name_the_same_classes(old_path: str, name: str) -> None:
+    module = importlib.import_module(old_path)
+    assert getattr(module, name) is getattr(errors, name)
+
+
+def test_every_error_declares_its_http_status() -> None:
+    statuses = {code: cls.http_status for code, cls in error_codes().items()}
+    assert all(400 <= status <= 599 for status in statuses.values()), statuses
+    assert statuses["invalid_argument"] == 400
+    assert statuses["body_too_large"] == 413
+    assert statuses["queue_full"] == 429
+    assert statuses["store_error"] == 500
+    assert statuses["store_locked"] == 503
+
+
+HTTP_TABLE_ROW = re.compile(r"^\| (\d{3}) \| (.*) \|$", re.MULTILINE)
+
+
+def test_the_http_guide_lists_each_code_under_the_status_its_class_declares() -> None:
+    """docs/http.md's table of statuses is the classes' ``http_status``."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "http.md").read_text()
+    documented: dict[str, int] = {}
+    for status, cell in HTTP_TABLE_ROW.findall(text):
+        for code in re.findall(r"`([a-z_]+)`", cell):
+            documented[code] = int(status)
+    registry = error_codes()
+    for code, status in documented.items():
+        if code in registry:
+            assert registry[code].http_status == status, code
+    # Every error the API answers with a status of its own is in the table.
+    special = {code for code, cls in registry.items() if cls.http_status != 500}
+    assert special <= set(documented), special - set(documented)
+
+
+def test_every_error_class_is_importable_from_conveyor() -> None:
+    import conveyor
+
+    for cls in error_codes().values():
+        assert getattr(conveyor, cls.__name__) is cls, cls.__name__
+        assert cls.__name__ in conveyor.__all__, cls.__name__

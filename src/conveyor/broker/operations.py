@@ -25,9 +25,8 @@ import msgspec
 from conveyor.broker.broker import Broker
 from conveyor.broker.replies import ReplyBudget
 from conveyor.core import validation
-from conveyor.core.errors import ConveyorError, InvalidArgument
+from conveyor.core.errors import ConveyorError, InvalidArgument, UnknownOperation
 from conveyor.core.types import Ack, Dead, Extend, Nack, NewMessage
-from conveyor.core.wire import UnknownOperation
 
 
 class SessionSource(Protocol):

@@ -20,24 +20,30 @@ import time
 from typing import Any
 
 from conveyor.core import wire
-from conveyor.core.errors import ConveyorError, error_for_code, register_error
+from conveyor.core.errors import BrokerUnreachable, ConnectionLost, ConveyorError, error_for_code
 from conveyor.core.retry import RetryPolicy
 
+__all__ = [
+    "ATTEMPT_TIMEOUT",
+    "DOWN_WARNING",
+    "MAX_HELLO_REPLY",
+    "NATIVE_PORT_HINT",
+    "RECONNECT",
+    "Attempts",
+    # Declared in core/errors.py with every other error; named here too,
+    # where older code imports them from.
+    "BrokerUnreachable",
+    "ConnectionLost",
+    "address",
+    "connection_error",
+    "failure_reason",
+    "hello",
+    "hello_reply_length",
+    "unreachable",
+    "welcome",
+]
+
 log = logging.getLogger("conveyor.client")
-
-
-@register_error
-class ConnectionLost(ConveyorError):
-    """The connection to the broker was lost and could not be made again in time."""
-
-    code = "connection_lost"
-
-
-@register_error
-class BrokerUnreachable(ConnectionLost):
-    """No broker answered at any address of the URL in time."""
-
-    code = "broker_unreachable"
 
 
 # Rounds of attempts over every address: 0.05 s apart at first, doubling up

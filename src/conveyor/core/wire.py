@@ -27,7 +27,46 @@ from typing import Any
 
 import msgspec
 
-from conveyor.core.errors import ConveyorError, register_error
+from conveyor.core.errors import (
+    ConveyorError,
+    FrameTooLarge,
+    ProtocolError,
+    ReplyTooLarge,
+    TooManyConnections,
+    Unauthorized,
+    UnknownOperation,
+)
+
+__all__ = [
+    "DEFAULT_MAX_FRAME",
+    "ERROR",
+    "HEARTBEAT",
+    "HEARTBEAT_FRAME",
+    "MAGIC",
+    "MAX_DEPTH",
+    "PREAMBLE",
+    "PUSH",
+    "REPLY",
+    "REQUEST",
+    "SUB_END",
+    "VERSION",
+    "FrameReader",
+    # The protocol's errors, declared with every other in core/errors.py and
+    # named here too, where older code imports them from.
+    "FrameTooLarge",
+    "ProtocolError",
+    "ReplyTooLarge",
+    "TooManyConnections",
+    "Unauthorized",
+    "UnknownOperation",
+    "decode",
+    "encode",
+    "error",
+    "nested_deeper",
+    "reply",
+    "request",
+    "request_id",
+]
 
 MAGIC = b"CNVY"
 VERSION = 1
@@ -43,51 +82,6 @@ REQUEST, REPLY, ERROR, PUSH, HEARTBEAT, SUB_END = 0, 1, 2, 3, 4, 5
 _LENGTH = struct.Struct(">I")
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder()
-
-
-@register_error
-class ProtocolError(ConveyorError):
-    """The peer broke the protocol: bad preamble, frame or handshake."""
-
-    code = "protocol_error"
-
-
-@register_error
-class FrameTooLarge(ProtocolError):
-    """A frame is longer than the receiver's maximum frame size."""
-
-    code = "frame_too_large"
-
-
-@register_error
-class ReplyTooLarge(ConveyorError):
-    """The reply would exceed the maximum frame size (a list of too many
-    queues, say); nothing was changed. Lists of messages never get it: they
-    are cut to fit."""
-
-    code = "reply_too_large"
-
-
-@register_error
-class TooManyConnections(ConveyorError):
-    """The server holds as many connections as it accepts (its
-    --max-connections): try another node, or later."""
-
-    code = "too_many_connections"
-
-
-@register_error
-class Unauthorized(ConveyorError):
-    """The auth token is missing or wrong."""
-
-    code = "unauthorized"
-
-
-@register_error
-class UnknownOperation(ConveyorError):
-    """The request names an operation the server does not have."""
-
-    code = "unknown_operation"
 
 
 def encode(frame: Any) -> bytes:

@@ -14,7 +14,7 @@ leases are released). Without one, receives share the server's own session,
 whose leases end only by ack or by their visibility timeout, as in SQS.
 
 Errors are JSON, ``{"error": {"code": ..., "message": ...}}``, with the
-stable codes of conveyor.core.errors and the statuses of ``STATUS`` (plus
+stable codes of conveyor.core.errors and each error's ``http_status`` (plus
 ``not_found`` 404 and ``method_not_allowed`` 405 for a wrong path or method).
 Unknown fields in a body are refused, not ignored; a body nested deeper than
 wire.MAX_DEPTH or with an integer past 64 bits gets invalid_argument before
@@ -39,29 +39,13 @@ from aiohttp import web
 from conveyor.broker import operations
 from conveyor.broker.broker import Broker
 from conveyor.core import validation, wire
-from conveyor.core.errors import ConveyorError, InvalidArgument, SessionNotFound
+from conveyor.core.errors import ConveyorError, InvalidArgument, SessionNotFound, Unauthorized
 from conveyor.core.types import Delivery, Message, NewMessage, Result
 from conveyor.server.metrics import render_metrics
 from conveyor.server.openapi import openapi_document
 
 log = logging.getLogger("conveyor.http")
 
-STATUS = {
-    "invalid_argument": 400,
-    "body_too_large": 413,
-    "queue_not_found": 404,
-    "message_not_found": 404,
-    "session_not_found": 404,
-    "queue_exists": 409,
-    "lease_lost": 409,
-    "queue_full": 429,
-    "result_timeout": 408,
-    "unauthorized": 401,
-    "unknown_operation": 404,
-    "broker_closed": 503,
-    "store_locked": 503,
-    "store_error": 500,
-}
 MAX_REQUEST = 64 * 1024 * 1024
 SHUTDOWN_GRACE = 1.0  # seconds requests in flight get to finish at shutdown
 # Codes of the errors aiohttp raises itself (no route, wrong method, too large).
@@ -208,11 +192,11 @@ class HttpApi:
             # as the bytes they were, they simply do not match.
             given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
             if not hmac.compare_digest(given, f"Bearer {self.token}".encode()):
-                return _error(401, "unauthorized", "missing or wrong bearer token")
+                return _failure(Unauthorized("missing or wrong bearer token"))
         try:
             return await handler(request)
         except ConveyorError as exc:
-            return _error(STATUS.get(exc.code, 500), exc.code, exc.message)
+            return _failure(exc)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -463,6 +447,11 @@ def _only(body: dict[str, Any], *fields: str) -> dict[str, Any]:
     if unknown:
         raise InvalidArgument(f"unknown fields {sorted(unknown)}; expected {', '.join(fields)}")
     return body
+
+
+def _failure(exc: ConveyorError) -> web.Response:
+    """A Conveyor error as its JSON, with the status its class declares."""
+    return _error(exc.http_status, exc.code, exc.message)
 
 
 def _error(status: int, code: str, message: str) -> web.Response:

@@ -49,7 +49,14 @@ from typing import Any, cast
 from conveyor.broker import operations
 from conveyor.broker.broker import Broker
 from conveyor.core import wire
-from conveyor.core.errors import ConveyorError
+from conveyor.core.errors import (
+    ConveyorError,
+    FrameTooLarge,
+    ProtocolError,
+    ReplyTooLarge,
+    TooManyConnections,
+    Unauthorized,
+)
 from conveyor.server.budget import Pool, Replies, check_limits
 from conveyor.server.subscriptions import Subscriptions
 
@@ -215,7 +222,7 @@ class Connection(asyncio.Protocol):
             self.preamble += data[:need]
             data = data[need:]
             if not wire.PREAMBLE.startswith(self.preamble):
-                self._fatal(wire.ProtocolError("not a Conveyor client: bad preamble or version"))
+                self._fatal(ProtocolError("not a Conveyor client: bad preamble or version"))
                 return
             if not data:
                 return
@@ -287,7 +294,7 @@ class Connection(asyncio.Protocol):
         self.server.refused.add(self)
         limit = self.server.max_connections
         log.info("%s refused: the server holds %d connections, its limit", self.peer, limit)
-        exc = wire.TooManyConnections(f"the server holds {limit} connections, its limit")
+        exc = TooManyConnections(f"the server holds {limit} connections, its limit")
         self.transport.write(wire.error(0, exc))
         if self.transport.can_write_eof():
             self.transport.write_eof()
@@ -314,7 +321,7 @@ class Connection(asyncio.Protocol):
                 or frame[2] != "hello"
                 or not isinstance(frame[1], int)
             ):
-                self._fatal(wire.ProtocolError("the first request must be hello"))
+                self._fatal(ProtocolError("the first request must be hello"))
                 return
             self._hello(frame[1], frame[3])
             if self.transport is None or self.transport.is_closing():
@@ -322,12 +329,12 @@ class Connection(asyncio.Protocol):
 
     def _handshake_late(self) -> None:
         timeout = self.server.handshake_timeout
-        self._fatal(wire.ProtocolError(f"no handshake within {timeout:g}s"))
+        self._fatal(ProtocolError(f"no handshake within {timeout:g}s"))
 
     def _refuse_oversized(self) -> None:
         """Frames over the limit were dropped unread: their requests are refused."""
         for rid, length in self.reader.oversized:
-            exc = wire.FrameTooLarge(
+            exc = FrameTooLarge(
                 f"frame of {length} bytes exceeds the limit of {self.server.max_frame};"
                 " the request was not run"
             )
@@ -346,22 +353,22 @@ class Connection(asyncio.Protocol):
             return
         self.requests.release(size)
         if kind != wire.HEARTBEAT:
-            self.send(wire.error(0, wire.ProtocolError(f"unexpected frame kind {kind!r}")))
+            self.send(wire.error(0, ProtocolError(f"unexpected frame kind {kind!r}")))
 
     def _hello(self, rid: int, args: Any) -> None:
         if not isinstance(args, dict):
-            self._fatal(wire.ProtocolError("hello needs a map of arguments"), rid)
+            self._fatal(ProtocolError("hello needs a map of arguments"), rid)
             return
         version = args.get("version")
         if version != wire.VERSION:
-            self._fatal(wire.ProtocolError(f"unsupported protocol version {version!r}"), rid)
+            self._fatal(ProtocolError(f"unsupported protocol version {version!r}"), rid)
             return
         expected = self.server.token
         given = args.get("token")
         if expected is not None and not (
             isinstance(given, str) and hmac.compare_digest(given.encode(), expected.encode())
         ):
-            self._fatal(wire.Unauthorized("missing or wrong auth token"), rid)
+            self._fatal(Unauthorized("missing or wrong auth token"), rid)
             return
         name = args.get("name")
         self.name = name[:200] if isinstance(name, str) else ""
@@ -418,7 +425,7 @@ class Connection(asyncio.Protocol):
             log.warning("the reply to %s for %s takes %d bytes: refused", op, self.peer, len(data))
             return wire.error(
                 rid,
-                wire.ReplyTooLarge(
+                ReplyTooLarge(
                     f"the reply to {op} takes {len(data) - 4} bytes, more than the frame"
                     f" limit of {self.server.max_frame}"
                 ),

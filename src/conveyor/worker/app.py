@@ -25,7 +25,7 @@ from typing import Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack, overload
 
 from conveyor.client.aio import AsyncClient
 from conveyor.client.sync import Client
-from conveyor.core.errors import ConveyorError, InvalidArgument
+from conveyor.core.errors import InvalidArgument, TaskFailed
 from conveyor.core.types import NewMessage, ResultStatus
 from conveyor.worker.middleware.base import Middleware, default_middleware
 from conveyor.worker.serializers import JsonSerializer, Serializer
@@ -34,18 +34,6 @@ from conveyor.worker.tracebacks import exception_line
 P = ParamSpec("P")
 R = TypeVar("R")
 TASK_HEADER = "task"
-
-
-class TaskFailed(ConveyorError):
-    """The task failed for good (dead-lettered). Its message names the
-    exception it ended with (``tasks.bake (ID) failed: ValueError: no
-    dough``); ``remote_traceback`` is the whole traceback the worker kept."""
-
-    code = "task_failed"
-
-    def __init__(self, message: str = "", remote_traceback: str = "") -> None:
-        super().__init__(message)
-        self.remote_traceback = remote_traceback or message
 
 
 class Retry(Exception):

@@ -14,17 +14,21 @@ bench/inprocess.py and bench/network.py, doing it here is several times
 faster for single calls and no slower for batches. ``os`` and ``memory``
 answer at COMMIT.
 
-An operation marked relaxed (lease grants, renewals) does not by itself call
-for an fsync; but it is answered with its group, after the group's fsync, so
-no reply reveals a change that a power loss could undo.
+An operation submitted with ``durable=False`` does not by itself call for an
+fsync: only claims (lease grants) are, since every lease is released when
+the store opens; renewals, heartbeats and everything else are durable. A
+relaxed operation is still answered with its group, after the group's
+fsync, so no reply reveals a change that a power loss could undo.
 
 An operation that raises a ConveyorError (QueueFull, LeaseLost...) is rolled
 back to its savepoint alone; its neighbours in the batch still commit.
-SQLite's own errors (a full disk, an I/O error) become StoreError: one in an
-operation fails that operation, unless SQLite rolled the whole transaction
-back meanwhile (it may, on SQLITE_FULL or SQLITE_IOERR), and then the batch
-fails; a failed COMMIT fails every operation of the batch. The writer goes
-on: once there is room again, the next batch commits.
+SQLite's own errors become Conveyor's in one place, errors.py (a full disk
+or an I/O error: StoreError; a database another process holds locked:
+StoreLocked). One in an operation fails that operation, unless SQLite
+rolled the whole transaction back meanwhile (it may, on SQLITE_FULL or
+SQLITE_IOERR), and then the batch fails; a failed COMMIT fails every
+operation of the batch. The writer goes on: once there is room again, the
+next batch commits.
 
 A failed fsync is different: after it the kernel may have dropped the pages
 it could not write, and a second fsync that succeeds proves nothing. So the
@@ -45,6 +49,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from conveyor.core.errors import BrokerClosed, ConveyorError, StoreError
+from conveyor.store.sqlite.errors import store_error
 
 log = logging.getLogger("conveyor.store.sqlite")
 
@@ -106,7 +111,10 @@ class GroupCommitWriter:
 
     def start(self, setup: Callable[[sqlite3.Connection], None]) -> None:
         """Connect and run ``setup`` (migrations, recovery)."""
-        conn = self._connect()
+        try:
+            conn = self._connect()
+        except sqlite3.Error as exc:  # not a database, cannot open the file...
+            raise store_error(exc) from exc
         try:
             setup(conn)
             if self._wal_path is not None:
@@ -121,7 +129,7 @@ class GroupCommitWriter:
                 os.close(self._wal_fd)
                 self._wal_fd = None
             if isinstance(exc, sqlite3.Error):
-                raise _store_error(exc) from exc
+                raise store_error(exc) from exc
             if isinstance(exc, OSError):
                 raise StoreError(f"opening the store failed: {exc}") from exc
             raise
@@ -130,7 +138,7 @@ class GroupCommitWriter:
     async def run(self, fn: Callable[[Transaction], T], *, durable: bool = True) -> T:
         """Run ``fn`` in this loop turn's group commit; its result once
         committed (and, at durability fsync, durable). ``durable=False``: the
-        operation need not survive power loss (lease grants, heartbeats)."""
+        operation need not survive power loss (the store's claims)."""
         if self._fsync_failure is not None:
             raise StoreError(self._fsync_failure)
         if self._closed or self._conn is None:
@@ -199,7 +207,7 @@ class GroupCommitWriter:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            self._failed(batch, _store_error(exc))
+            self._failed(batch, store_error(exc))
             return False
         try:
             for job in batch:
@@ -211,7 +219,7 @@ class GroupCommitWriter:
             # an operation (a full disk, an I/O error): none of it stands.
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            self._failed(batch, _store_error(exc))
+            self._failed(batch, store_error(exc))
             return False
         took = time.perf_counter() - started
         self.commit_seconds += took
@@ -235,7 +243,7 @@ class GroupCommitWriter:
             if not conn.in_transaction:
                 raise  # rolled back whole: the batch fails
             self._undo(conn, tx, mark)
-            job.result = (False, _store_error(exc))
+            job.result = (False, store_error(exc))
         except Exception as exc:  # a bug: reported to the caller as it is
             log.exception("store operation failed")
             self._undo(conn, tx, mark)
@@ -279,7 +287,3 @@ def _fsync_directory(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _store_error(exc: sqlite3.Error) -> StoreError:
-    return StoreError(f"SQLite: {exc}")
