@@ -120,3 +120,23 @@ async def test_on_done_sees_each_task_after_it_left_the_set() -> None:
     await tasks.close()
     assert second.cancelled()
     assert seen == [("first", 1), ("second", 0)]
+
+
+async def test_wait_lets_every_task_finish_those_spawned_meanwhile_too() -> None:
+    tasks = TaskSet("test")
+    finished: list[str] = []
+
+    async def first() -> None:
+        await asyncio.sleep(0.01)
+        tasks.spawn(second())
+        finished.append("first")
+
+    async def second() -> None:
+        await asyncio.sleep(0.01)
+        finished.append("second")
+
+    tasks.spawn(first())
+    await tasks.wait()
+    assert finished == ["first", "second"]
+    assert len(tasks) == 0
+    assert not tasks.closed

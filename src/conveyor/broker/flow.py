@@ -14,7 +14,9 @@ Each receive is bounded in bytes like any reply (broker/replies.py): at most
 1 MiB messages goes out in two pushes, never one frame over the limit.
 
 The native server pushes these deliveries over a socket; the in-process
-client hands them to an async iterator.
+client hands them to an async iterator. The consumer's task belongs to the
+TaskSet it is given (the connection's subscriptions), else to one of its own;
+``stop`` cancels it, and the owner's ``close`` waits for it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections.abc import Callable
 from conveyor.broker.broker import Broker
 from conveyor.broker.replies import ReplyBudget
 from conveyor.core.errors import ConveyorError
+from conveyor.core.tasks import TaskSet
 from conveyor.core.types import Delivery
 
 POLL_WAIT = 5.0  # seconds one long-poll waits before it is made again
@@ -41,6 +44,7 @@ class CreditedConsumer:
         end: Callable[[ConveyorError], None],
         writable: asyncio.Event | None = None,
         budget: ReplyBudget | None = None,
+        tasks: TaskSet | None = None,
     ) -> None:
         self.broker = broker
         self.session = session
@@ -52,10 +56,11 @@ class CreditedConsumer:
         self._writable = writable
         self.budget = budget
         self._wake = asyncio.Event()
+        self._tasks = tasks if tasks is not None else TaskSet(f"consumer of {queue}")
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task = self._tasks.spawn(self._run())
 
     def stop(self) -> None:
         if self._task is not None:

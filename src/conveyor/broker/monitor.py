@@ -15,11 +15,11 @@ transaction, so two monitors never release the same lease twice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
 from conveyor.core.errors import ConveyorError
+from conveyor.core.tasks import TaskSet
 from conveyor.store.base import Swept
 
 log = logging.getLogger("conveyor.monitor")
@@ -33,20 +33,17 @@ class LeaseMonitor:
     ) -> None:
         self._sweep = sweep
         self._interval = interval
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: TaskSet | None = None  # while running: the one that sweeps
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(
-                self._run(), name="conveyor-lease-monitor"
-            )
+        if self._tasks is None:
+            self._tasks = TaskSet("conveyor-lease-monitor")
+            self._tasks.spawn(self._run())
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        tasks, self._tasks = self._tasks, None
+        if tasks is not None:
+            await tasks.close()
 
     async def _run(self) -> None:
         while True:

@@ -12,7 +12,7 @@ receive loop):
   garbage-collected, if ever); a cancelled task is not an error;
 - ``close()`` cancels every task still running and waits until all have
   ended, so nothing of the owner runs after it is closed; a closed set
-  refuses new tasks.
+  refuses new tasks. ``wait()`` waits for them without cancelling any.
 
 ``on_done``, if given, is called with each task once it has ended and left
 the set (the native connection starts the requests that were waiting for
@@ -68,6 +68,14 @@ class TaskSet:
         """Cancel every running task, without waiting; the set stays open."""
         for task in self._tasks:
             task.cancel()
+
+    async def wait(self) -> None:
+        """Wait until every task has ended, those spawned meanwhile too,
+        cancelling none (a server waiting for its connections to finish
+        closing)."""
+        current = asyncio.current_task()
+        while others := [task for task in self._tasks if task is not current]:
+            await asyncio.wait(others)
 
     async def close(self) -> None:
         """Refuse new tasks, cancel the running ones and wait until every one

@@ -40,6 +40,7 @@ from conveyor.broker import operations
 from conveyor.broker.broker import Broker
 from conveyor.core import validation, wire
 from conveyor.core.errors import ConveyorError, InvalidArgument, SessionNotFound, Unauthorized
+from conveyor.core.tasks import TaskSet
 from conveyor.core.types import Delivery, Message, NewMessage, Result
 from conveyor.server.metrics import render_metrics
 from conveyor.server.openapi import openapi_document
@@ -155,7 +156,7 @@ class HttpApi:
         self.app = web.Application(client_max_size=MAX_REQUEST, middlewares=[self._errors])
         self._routes()
         self._runner: web.AppRunner | None = None
-        self._keepalive: asyncio.Task[None] | None = None
+        self._tasks = TaskSet("http api")  # the shared session's keep-alive
         self.port = 0
 
     async def start(self, host: str, port: int, ssl_context: Any = None) -> None:
@@ -169,11 +170,10 @@ class HttpApi:
         assert server is not None
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else port
-        self._keepalive = asyncio.get_running_loop().create_task(self.shared.keep_alive())
+        self._tasks.spawn(self.shared.keep_alive())
 
     async def stop(self) -> None:
-        if self._keepalive is not None:
-            self._keepalive.cancel()
+        await self._tasks.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -34,6 +34,11 @@ A connection owns at most one consumer session, opened by its first receive
 or consume; when the connection ends, for whatever reason, the session is
 closed and its leases are released at once. A client silent for three
 heartbeat intervals is considered gone.
+
+Tasks: a connection's requests and heartbeats belong to its TaskSet, its
+subscriptions' consumers to theirs (core/tasks.py). When the connection is
+lost both are cancelled, and its ending (wait for them, then close the
+session) is a task of the server's ``endings``, which ``stop`` waits for.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ from conveyor.core.errors import (
     TooManyConnections,
     Unauthorized,
 )
+from conveyor.core.tasks import TaskSet
 from conveyor.server.budget import Pool, Replies, check_limits
 from conveyor.server.subscriptions import Subscriptions
 
@@ -125,6 +131,7 @@ class NativeServer:
         self.connections: set[Connection] = set()
         self.refused: set[Connection] = set()
         self.draining: set[Connection] = set()  # replies counted until their socket drains
+        self.endings = TaskSet("native connection endings")  # sessions closing
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -151,6 +158,7 @@ class NativeServer:
             conn.abort()
         for conn in list(self.connections) + list(self.refused):
             await conn.closed
+        await self.endings.wait()  # those of connections lost before, too
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
@@ -177,7 +185,8 @@ class Connection(asyncio.Protocol):
         self.stalled_since: float | None = None
         self.name = ""
         self.peer = "?"
-        self.tasks: set[asyncio.Task[None]] = set()
+        # Requests and heartbeats: each one ended makes room for the next.
+        self.tasks = TaskSet("native connection", on_done=self._task_done)
         # Requests read but not started yet (see the bounds above): rid, op,
         # args and the bytes of the frame.
         self.waiting: deque[tuple[int, Any, Any, int]] = deque()
@@ -203,6 +212,7 @@ class Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = self.transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.tasks.name = f"native connection {self.peer}"
         self.transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
         if len(self.server.connections) >= self.server.max_connections:
             self._refuse()
@@ -269,13 +279,15 @@ class Connection(asyncio.Protocol):
         self.writable.set()
         self.waiting.clear()
         self.waiting_receives.clear()
-        for task in list(self.tasks):
-            task.cancel()
+        self.tasks.cancel()
         self.subs.stop_all()
-        self.loop.create_task(self._end_session())
+        self.server.endings.spawn(self._end())
 
-    async def _end_session(self) -> None:
+    async def _end(self) -> None:
+        """Once every task of the connection has ended, close its session."""
         try:
+            await self.tasks.close()
+            await self.subs.close()
             if self.session_id is not None:
                 await self.broker.close_session(self.session_id)
         except ConveyorError as exc:
@@ -528,13 +540,9 @@ class Connection(asyncio.Protocol):
         return self.writable.is_set() and len(self.tasks) < self.server.max_inflight
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
-        task = self.loop.create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
+        return self.tasks.spawn(coro)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
-        self.tasks.discard(task)
         self._start_waiting()
 
     def _receive_done(self, task: asyncio.Task[None]) -> None:

@@ -7,6 +7,9 @@ just before claiming; the push hands them to the connection, which counts
 them until the socket has taken them. So a consumer that does not read stops
 getting pushes once its connection's budget is full, and a push never
 passes the frame limit.
+
+The consumers' tasks belong to one TaskSet: ``stop_all`` cancels them when
+the connection is lost, and ``close`` waits until they have ended.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from conveyor.broker.flow import CreditedConsumer, return_credit
 from conveyor.core import wire
 from conveyor.core.errors import BrokerClosed, ConveyorError, InvalidArgument, SessionNotFound
+from conveyor.core.tasks import TaskSet
 from conveyor.core.types import Delivery
 from conveyor.server.budget import Replies
 
@@ -29,6 +33,7 @@ class Subscriptions:
         self.consumers: dict[int, CreditedConsumer] = {}
         self.replies: dict[int, Replies] = {}  # the reply bytes each has reserved
         self.next_sub = 1
+        self.tasks = TaskSet("subscriptions")
 
     def __bool__(self) -> bool:
         return bool(self.consumers)
@@ -70,6 +75,7 @@ class Subscriptions:
             lambda exc: self._ended(sub_id, exc),
             conn.writable,
             replies,
+            self.tasks,
         )
         self.consumers[sub_id] = sub
         self.replies[sub_id] = replies
@@ -90,6 +96,11 @@ class Subscriptions:
     def stop_all(self) -> None:
         for sub_id in list(self.consumers):
             self._stop(sub_id)
+
+    async def close(self) -> None:
+        """Stop every subscription and wait until their tasks have ended."""
+        self.stop_all()
+        await self.tasks.close()
 
     def _push(self, sub_id: int, got: list[Delivery], replies: Replies) -> None:
         reserved = replies.hand_over()
