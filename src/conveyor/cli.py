@@ -152,7 +152,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from conveyor.worker.demo import main as run_demo
+    from conveyor.demo.run import main as run_demo
 
     return run_demo(args.orders, args.shops, not args.no_live, args.seed)
 

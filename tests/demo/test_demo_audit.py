@@ -8,19 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from conveyor.worker.demo import (
-    DRINK,
-    PIZZA,
-    PRIORITY,
-    URGENT,
-    Audit,
-    Order,
-    Outcome,
-    Record,
-    RecordTail,
-    audit,
-    plan_orders,
-)
+from conveyor.demo.audit import Audit, Outcome, Record, RecordTail, audit
+from conveyor.demo.orders import DRINK, PIZZA, PRIORITY, URGENT, Order, plan_orders
 
 KILLED = 3
 KILLED_AT = 1000.5

@@ -1,6 +1,6 @@
 """The kitchen of ``conveyor demo``: the task app its shop workers run.
 
-Each shop is a ``conveyor worker conveyor.worker.demo_app:app`` process. The
+Each shop is a ``conveyor worker conveyor.demo.app:app`` process. The
 demo tells it, through its environment, which shop it is
 (``CONVEYOR_DEMO_SHOP``) and where to keep its records
 (``CONVEYOR_DEMO_DIR``). Every bake appends JSON lines to
