@@ -6,8 +6,8 @@ when a queue changes, tracks which consumer sessions own which group buckets,
 matches topics to bound queues, and runs the lease monitor.
 
 Concurrency: all methods run on one event loop; the store serialises writes
-(SQLite through its group-commit writer thread, PostgreSQL through
-transactions), so the broker holds no locks of its own. Its caches (queue
+(SQLite through its group-commit writer, which runs on that same loop;
+PostgreSQL through transactions), so the broker holds no locks of its own. Its caches (queue
 configs, bindings, bucket owners) are refreshed from the store on change and
 age out, so several broker nodes on one shared store converge.
 """

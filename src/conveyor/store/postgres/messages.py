@@ -5,8 +5,9 @@ nacks, extensions and dead-letterings arrive as the jobs of one group-commit
 round (writer.py) and are settled together, one set-based statement per step
 for the whole round. Table layout and invariants: migrations/0001.
 
-Leaks (what differs from SQLite, where one writer thread serialises every
-transition): here transactions of several nodes run at once, so
+Leaks (what differs from SQLite, where one writer on the event loop runs
+every transition, one after the other): here transactions of several nodes
+run at once, so
   - a claim takes ready rows FOR UPDATE SKIP LOCKED: rows another claim is
     taking are skipped, never waited for, never given twice;
   - a claim holds its session's row (FOR KEY SHARE: claims and heartbeats

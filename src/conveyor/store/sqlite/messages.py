@@ -1,7 +1,8 @@
 """The message transitions of the SQLite store, each run inside one
 transaction of the group-commit writer.
 
-Every function takes the store's in-thread state and a Transaction, and is
+Every function takes the store's in-memory state (its caches, touched only on
+the event loop the writer runs on) and a Transaction, and is
 atomic: the writer wraps it in a savepoint, so a ConveyorError raised half
 way leaves nothing behind. Table layout and invariants: migrations/0001.
 
