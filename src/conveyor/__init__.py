@@ -27,11 +27,12 @@ from conveyor.core.errors import (
     UnknownOperation,
 )
 from conveyor.core.types import NewMessage
+from conveyor.core.version import VERSION
 from conveyor.worker.app import App, Retry, Task, TaskHandle
 from conveyor.worker.context import TaskContext, current_task
 from conveyor.worker.middleware.time_limits import TimeLimitExceeded
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 __all__ = [
     "App",

@@ -15,6 +15,7 @@ from typing import Any
 from conveyor.cli_commands import Subparsers, add_client_parsers, positive_seconds
 from conveyor.core import eventloop
 from conveyor.core.errors import ConveyorError, InvalidArgument
+from conveyor.core.version import VERSION
 
 log = logging.getLogger("conveyor")
 
@@ -194,13 +195,11 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from conveyor import __version__
-
     p = argparse.ArgumentParser(
         prog="conveyor",
         description="A durable message and task queue. `conveyor COMMAND --help` tells more.",
     )
-    p.add_argument("--version", action="version", version=f"conveyor {__version__}")
+    p.add_argument("--version", action="version", version=f"conveyor {VERSION}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _serve_parser(sub)
     _worker_parser(sub)

@@ -18,7 +18,6 @@ from typing import Any
 
 import msgspec
 
-from conveyor import __version__
 from conveyor.broker import operations
 from conveyor.core import validation
 from conveyor.core.types import (
@@ -31,6 +30,7 @@ from conveyor.core.types import (
     Result,
     SessionInfo,
 )
+from conveyor.core.version import VERSION
 
 Q = "/v1/queues/{queue}"
 REF = "#/components/schemas/{name}"
@@ -351,7 +351,7 @@ def openapi_document(*, token: bool = False) -> dict[str, Any]:
     _service_paths(paths)
     document: dict[str, Any] = {
         "openapi": "3.1.0",
-        "info": {"title": "Conveyor HTTP API", "version": __version__},
+        "info": {"title": "Conveyor HTTP API", "version": VERSION},
         "paths": paths,
         "components": {
             "schemas": components,
