@@ -18,7 +18,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, Unpack
 
 import msgspec
 
@@ -48,6 +48,7 @@ from conveyor.core.types import (
     EnqueueResult,
     Extend,
     Message,
+    MessageOptions,
     Nack,
     NewMessage,
     PreparedMessage,
@@ -229,29 +230,10 @@ class Broker:
     # -- producing --------------------------------------------------------
 
     async def enqueue(
-        self,
-        queue: str,
-        body: bytes,
-        *,
-        priority: int = 0,
-        delay: float | None = None,
-        ttl: float | None = None,
-        dedup_key: str | None = None,
-        group: str | None = None,
-        headers: dict[str, str] | None = None,
-        max_attempts: int | None = None,
+        self, queue: str, body: bytes, **options: Unpack[MessageOptions]
     ) -> EnqueueResult:
-        message = NewMessage(
-            body=body,
-            priority=priority,
-            delay=delay,
-            ttl=ttl,
-            dedup_key=dedup_key,
-            group=group,
-            headers=headers,
-            max_attempts=max_attempts,
-        )
-        return (await self.enqueue_many(queue, [message]))[0]
+        """Enqueue one message (the keyword form of ``enqueue_many``)."""
+        return (await self.enqueue_many(queue, [NewMessage(body=body, **options)]))[0]
 
     async def enqueue_many(
         self, queue: str, messages: Sequence[NewMessage], *, idempotency_key: str | None = None
@@ -272,29 +254,20 @@ class Broker:
         topic: str,
         body: bytes,
         *,
-        priority: int = 0,
-        delay: float | None = None,
-        ttl: float | None = None,
-        dedup_key: str | None = None,
-        group: str | None = None,
-        headers: dict[str, str] | None = None,
-        max_attempts: int | None = None,
         idempotency_key: str | None = None,
+        **options: Unpack[MessageOptions],
+    ) -> dict[str, EnqueueResult]:
+        """Publish one message (the keyword form of ``publish_message``)."""
+        message = NewMessage(body=body, **options)
+        return await self.publish_message(topic, message, idempotency_key=idempotency_key)
+
+    async def publish_message(
+        self, topic: str, message: NewMessage, *, idempotency_key: str | None = None
     ) -> dict[str, EnqueueResult]:
         """One copy into every queue bound to the topic, atomically; the
         result per queue. No bound queue: nothing is stored, {} is returned."""
         now = self._now()
         validate_topic(topic)
-        message = NewMessage(
-            body=body,
-            priority=priority,
-            delay=delay,
-            ttl=ttl,
-            dedup_key=dedup_key,
-            group=group,
-            headers=headers,
-            max_attempts=max_attempts,
-        )
         queues = sorted(
             {b.queue for b in await self._current_bindings() if topic_matches(b.pattern, topic)}
         )

@@ -152,19 +152,7 @@ async def _receive(b: Broker, a: Receive, s: SessionSource, r: ReplyBudget | Non
 
 
 async def _publish(b: Broker, a: Publish, s: SessionSource, r: ReplyBudget | None) -> Any:
-    m = a.message
-    return await b.publish(
-        a.topic,
-        m.body,
-        priority=m.priority,
-        delay=m.delay,
-        ttl=m.ttl,
-        dedup_key=m.dedup_key,
-        group=m.group,
-        headers=m.headers,
-        max_attempts=m.max_attempts,
-        idempotency_key=a.idempotency_key,
-    )
+    return await b.publish_message(a.topic, a.message, idempotency_key=a.idempotency_key)
 
 
 async def _ack(b: Broker, a: AckArgs, s: SessionSource, r: ReplyBudget | None) -> Any:

@@ -8,6 +8,7 @@ they are by the wire codec. Times are Unix seconds as floats.
 from __future__ import annotations
 
 import enum
+from typing import TypedDict
 
 import msgspec
 
@@ -59,6 +60,19 @@ class NewMessage(msgspec.Struct, frozen=True, kw_only=True):
     group: str | None = None
     headers: dict[str, str] | None = None
     max_attempts: int | None = None
+
+
+class MessageOptions(TypedDict, total=False):
+    """NewMessage's fields but its body, as keyword arguments
+    (``Broker.enqueue(queue, body, **options)``); a test keeps the two equal."""
+
+    priority: int
+    delay: float | None
+    ttl: float | None
+    dedup_key: str | None
+    group: str | None
+    headers: dict[str, str] | None
+    max_attempts: int | None
 
 
 class PreparedMessage(msgspec.Struct, frozen=True):

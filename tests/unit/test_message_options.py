@@ -1,0 +1,30 @@
+"""A message's fields are declared once, by NewMessage: MessageOptions (the
+keyword form the Broker takes) is NewMessage's fields but its body, with the
+same types, so the two cannot drift apart."""
+
+from __future__ import annotations
+
+import typing
+
+from conveyor.core.types import MessageOptions, NewMessage
+
+
+def test_message_options_are_new_messages_fields_but_its_body() -> None:
+    options = typing.get_type_hints(MessageOptions)
+    fields = typing.get_type_hints(NewMessage)
+    del fields["body"]
+    assert options == fields
+
+
+def test_every_option_builds_the_same_message_as_the_struct() -> None:
+    options: MessageOptions = {
+        "priority": 9,
+        "delay": 1.5,
+        "ttl": 60.0,
+        "dedup_key": "k",
+        "group": "g",
+        "headers": {"a": "b"},
+        "max_attempts": 3,
+    }
+    message = NewMessage(body=b"x", **options)
+    assert {name: getattr(message, name) for name in options} == options
