@@ -90,10 +90,6 @@ def encode(frame: Any) -> bytes:
     return _LENGTH.pack(len(payload)) + payload
 
 
-def encode_many(frames: list[Any]) -> bytes:
-    return b"".join(encode(f) for f in frames)
-
-
 def request(rid: int, op: str, args: dict[str, Any]) -> bytes:
     return encode((REQUEST, rid, op, args))
 
@@ -175,6 +171,7 @@ class FrameReader:
 
     @property
     def buffered(self) -> int:
+        """Bytes held for frames not yet whole (the bound on them is tested)."""
         return len(self._buf)
 
 

@@ -40,7 +40,6 @@ class StoreCapabilities(msgspec.Struct, frozen=True):
     name: str
     shared: bool  # several broker processes may use it at once
     persistent: bool  # state survives the process
-    notifies: bool  # wakes other nodes' consumers on change (LISTEN/NOTIFY)
 
 
 class EnqueueOp(msgspec.Struct, frozen=True):

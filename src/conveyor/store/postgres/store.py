@@ -77,9 +77,7 @@ HOUSEKEEPING_EVERY = 1.0  # seconds (of the callers' clock) between dedup/result
 class PostgresStore:
     def __init__(self, url: str) -> None:
         self.options: PostgresOptions = parse_url(url)
-        self.capabilities = StoreCapabilities(
-            "postgres", shared=True, persistent=True, notifies=True
-        )
+        self.capabilities = StoreCapabilities("postgres", shared=True, persistent=True)
         self._wake: Callable[[str], None] | None = None
         self._pool: driver.Pool | None = None
         self._writer: GroupCommitWriter | None = None

@@ -101,9 +101,7 @@ class SqliteStore:
             raise InvalidArgument("durability 'memory' goes with no path, and only it")
         self.path = Path(path) if path is not None else None
         self.durability = durability
-        self.capabilities = StoreCapabilities(
-            "sqlite", shared=False, persistent=path is not None, notifies=False
-        )
+        self.capabilities = StoreCapabilities("sqlite", shared=False, persistent=path is not None)
         self._state = StoreState()
         self._writer: GroupCommitWriter | None = None
         self._lock_fd: int | None = None
