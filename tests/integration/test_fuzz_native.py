@@ -30,7 +30,7 @@ import conveyor
 from conveyor.broker import operations
 from conveyor.core import wire
 from conveyor.core.types import QUEUE_SETTINGS
-from conveyor.server.native import MAX_HELLO_FRAME
+from conveyor.server.connection import MAX_HELLO_FRAME
 
 EXAMPLES = 200
 QUEUE = "fuzz-native"

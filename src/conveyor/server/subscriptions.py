@@ -24,7 +24,7 @@ from conveyor.core.types import Delivery
 from conveyor.server.budget import Replies
 
 if TYPE_CHECKING:
-    from conveyor.server.native import Connection
+    from conveyor.server.connection import Connection
 
 
 class Subscriptions:
