@@ -24,9 +24,12 @@ import msgspec
 
 from conveyor.broker import waiters
 from conveyor.broker.buckets import BucketAssigner
+from conveyor.broker.claims import ShortClaims
+from conveyor.broker.config import BrokerConfig
 from conveyor.broker.monitor import LeaseMonitor
+from conveyor.broker.producing import prepare
 from conveyor.broker.replies import MAX_REASON, ReplyBudget, ReplySizes
-from conveyor.broker.waiters import Waiters
+from conveyor.broker.waiters import ResultWaiters, Waiters
 from conveyor.core import validation
 from conveyor.core.errors import (
     BodyTooLarge,
@@ -38,7 +41,6 @@ from conveyor.core.errors import (
     SessionNotFound,
 )
 from conveyor.core.ids import parse_id
-from conveyor.core.ring import bucket_of
 from conveyor.core.topics import topic_matches, validate_pattern, validate_topic
 from conveyor.core.types import (
     Ack,
@@ -58,9 +60,7 @@ from conveyor.core.types import (
     SessionInfo,
 )
 from conveyor.store.base import (
-    DEFAULT_MAX_REPLY_BYTES,
     ClaimOp,
-    ClaimResult,
     EnqueueOp,
     OpenSessionOp,
     Settled,
@@ -70,34 +70,6 @@ from conveyor.store.base import (
 )
 
 _Item = TypeVar("_Item", Ack, Nack, Extend, Dead)
-
-
-class BrokerConfig(msgspec.Struct, frozen=True, kw_only=True):
-    max_body: int = 1 << 20  # bytes per message body
-    max_batch: int = 10_000  # messages per enqueue_many / settle batch
-    max_receive: int = 1_000  # messages per receive
-    max_wait: float = 60.0  # longest long-poll a receive may ask for
-    session_timeout: float = 10.0  # default heartbeat timeout of a session
-    monitor_interval: float = 0.25  # seconds between lease monitor sweeps
-    config_max_age: float = 1.0  # how long cached queue configs/bindings are trusted
-    consumer_idle: float = 30.0  # a session that has not received for this long owns no buckets
-    idempotency_window: float = 300.0  # how long a producer's retry key is remembered
-    # Bytes of messages one reply may carry (receive, push, dead-letter page),
-    # counted as the store counts them; the frame limit is this plus a margin.
-    max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES
-
-    # A long-poll looks at its queue again after this many seconds even without
-    # a change it heard of (another node may have freed a bucket), and a short
-    # claim is trusted to stand for no longer than this.
-    recheck_interval: float = 1.0
-
-    def __post_init__(self) -> None:
-        largest = ReplySizes.of(self.max_body).dead_letter
-        if self.max_reply_bytes < largest:
-            raise InvalidArgument(
-                f"max_reply_bytes ({self.max_reply_bytes}) must hold the largest dead letter"
-                f" that max_body {self.max_body} allows ({largest} bytes)"
-            )
 
 
 class Broker:
@@ -121,8 +93,10 @@ class Broker:
         self._bindings: tuple[float, list[Binding]] | None = None
         self._subscribed: set[tuple[str, str]] = set()
         self._touched: dict[str, float] = {}
-        self._drained: dict[str, dict[str, _Drained]] = {}
-        self._result_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._short_claims = ShortClaims(
+            self._waiters, self.config.recheck_interval, shared=store.capabilities.shared
+        )
+        self._result_waiters = ResultWaiters()
         self._open = False
 
     # -- life cycle -------------------------------------------------------
@@ -243,7 +217,7 @@ class Broker:
         and stores nothing (a producer retrying after a lost connection)."""
         now = self._now()
         config = await self._queue(validation.queue_name(queue))
-        prepared = self._prepare(config, messages, now)
+        prepared = prepare(config, messages, now, self.config)
         op = self._enqueue_op([(queue, prepared)], now, idempotency_key)
         results = await self.store.enqueue(op)
         self._wake_for(queue, prepared)
@@ -277,7 +251,7 @@ class Broker:
         batches = []
         for queue in queues:
             config = await self._queue(queue)
-            batches.append((queue, self._prepare(config, [message], now)))
+            batches.append((queue, prepare(config, [message], now, self.config)))
         results = await self.store.enqueue(self._enqueue_op(batches, now, idempotency_key))
         for queue, prepared in batches:
             self._wake_for(queue, prepared)
@@ -290,34 +264,6 @@ class Broker:
             return EnqueueOp(batches, now)
         validation.key("idempotency_key", key)
         return EnqueueOp(batches, now, key, now + self.config.idempotency_window)
-
-    def _prepare(
-        self, config: QueueConfig, messages: Sequence[NewMessage], now: float
-    ) -> list[PreparedMessage]:
-        if not messages:
-            raise InvalidArgument("an enqueue batch needs at least one message")
-        if len(messages) > self.config.max_batch:
-            raise InvalidArgument(f"a batch holds at most {self.config.max_batch} messages")
-        prepared = []
-        max_body = self.config.max_body
-        for m in messages:
-            if not isinstance(m, NewMessage):
-                raise InvalidArgument(f"batch items must be NewMessage, not {type(m).__name__}")
-            validation.message(m, max_body)
-            prepared.append(
-                PreparedMessage(
-                    bytes(m.body),
-                    m.priority,
-                    now + m.delay if m.delay else now,
-                    now + m.ttl if m.ttl is not None else None,
-                    m.dedup_key,
-                    m.group,
-                    bucket_of(m.group, config.buckets) if m.group is not None else None,
-                    m.headers or None,
-                    m.max_attempts,
-                )
-            )
-        return prepared
 
     def _wake_for(self, queue: str, prepared: list[PreparedMessage]) -> None:
         if any(p.group is not None for p in prepared):
@@ -393,7 +339,7 @@ class Broker:
 
     def _forget_session(self, session: str) -> None:
         self._touched.pop(session, None)
-        self._drained.pop(session, None)
+        self._short_claims.forget(session)
         for key in [k for k in self._subscribed if k[0] == session]:
             self._subscribed.discard(key)
             self._buckets.invalidate(key[1])
@@ -438,8 +384,8 @@ class Broker:
             waiter = self._waiters.register(queue) if wait > 0 else None
             try:
                 buckets = await self._buckets.buckets_of(queue, session, config.buckets)
-                drained = self._drained_still(session, queue, buckets, now)
-                if drained is None:
+                short = self._short_claims.still(session, queue, buckets, now)
+                if short is None:
                     version = self._waiters.version(queue)
                     size = want if budget is None else await budget.reserve(want, one)
                     claimed = await self.store.claim(
@@ -450,14 +396,16 @@ class Broker:
                     # Short for want of bytes, not of messages, unless even
                     # the largest message would have fitted.
                     emptied = claimed.size + one <= size
-                    self._note_claim(session, queue, limit, claimed, emptied, version, buckets, now)
+                    self._short_claims.note(
+                        session, queue, limit, claimed, emptied, version, buckets, now
+                    )
                     if claimed.deliveries or waiter is None:
                         return claimed.deliveries
                     next_at = claimed.next_at
                 elif waiter is None:
                     return []
                 else:
-                    next_at = drained.next_at
+                    next_at = short.next_at
                 now = self._now()
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -473,46 +421,6 @@ class Broker:
                     self._waiters.unregister(queue, waiter)
             now = self._now()
             await self._keep_alive(session, queue, now)
-
-    def _note_claim(
-        self,
-        session: str,
-        queue: str,
-        limit: int,
-        claimed: ClaimResult,
-        emptied: bool,
-        version: int,
-        buckets: list[int],
-        now: float,
-    ) -> None:
-        """Remember a claim that came back short: until the queue changes,
-        the session's next claim would come back empty. Never on a shared
-        store: other nodes' changes are heard of late (a NOTIFY), and a
-        receive must see what they committed."""
-        if len(claimed.deliveries) < limit and emptied and not self.store.capabilities.shared:
-            self._drained.setdefault(session, {})[queue] = _Drained(
-                version, now, claimed.next_at, buckets
-            )
-        else:
-            self._drained.get(session, {}).pop(queue, None)
-
-    def _drained_still(
-        self, session: str, queue: str, buckets: list[int], now: float
-    ) -> _Drained | None:
-        """The session's last short claim of the queue, if claiming again now
-        would surely find nothing: the queue has not changed since, no delayed
-        message came due, the session owns the same buckets, and it was less
-        than the re-check interval ago."""
-        drained = self._drained.get(session, {}).get(queue)
-        if (
-            drained is None
-            or drained.version != self._waiters.version(queue)
-            or not 0 <= now - drained.at < self.config.recheck_interval
-            or (drained.next_at is not None and now >= drained.next_at)
-            or drained.buckets != buckets
-        ):
-            return None
-        return drained
 
     async def _keep_alive(self, session: str, queue: str, now: float) -> None:
         """A receiving session is alive: record it now and then, and register
@@ -601,7 +509,7 @@ class Broker:
         for queue in settled.woken:
             self._waiters.notify(queue)
         for message_id in finished:
-            self._wake_result(message_id)
+            self._result_waiters.wake(message_id)
 
     # -- dead letters -----------------------------------------------------
 
@@ -661,24 +569,8 @@ class Broker:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise ResultTimeout(f"no result for message {message_id} within {timeout:g}s")
-            future: asyncio.Future[None] = loop.create_future()
-            self._result_waiters.setdefault(message_id, []).append(future)
-            try:
-                # Woken by a settle on this broker; polled for other nodes.
-                await asyncio.wait_for(future, min(remaining, 0.5))
-            except TimeoutError:
-                pass
-            finally:
-                waiting = self._result_waiters.get(message_id, [])
-                if future in waiting:
-                    waiting.remove(future)
-                if not waiting:
-                    self._result_waiters.pop(message_id, None)
-
-    def _wake_result(self, message_id: str) -> None:
-        for future in self._result_waiters.get(message_id, ()):
-            if not future.done():
-                future.set_result(None)
+            # Woken by a settle on this broker; polled for other nodes.
+            await self._result_waiters.wait(message_id, min(remaining, 0.5))
 
     # -- statistics and the monitor ----------------------------------------
 
@@ -699,16 +591,7 @@ class Broker:
             self._buckets.invalidate(queue)
             self._waiters.notify(queue)
         for message_id in swept.finished:
-            self._wake_result(message_id)
-
-
-class _Drained(msgspec.Struct):
-    """A session's claim of a queue that came back short."""
-
-    version: int  # the queue's change count just before the claim
-    at: float  # the broker clock's time of the claim
-    next_at: float | None  # when the queue's next delayed message comes due
-    buckets: list[int]  # the buckets the session owned
+            self._result_waiters.wake(message_id)
 
 
 def max_(a: float, b: float) -> float:

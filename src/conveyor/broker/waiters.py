@@ -5,7 +5,10 @@ came back empty, so a change committed between the two still wakes it.
 
 Each queue also counts its changes (``version``): a consumer whose last claim
 came back short and whose queue has not changed since knows that claiming
-again would find nothing, and waits at once.
+again would find nothing, and waits at once (claims.py).
+
+Producers waiting for a message's result (``ResultWaiters``) are woken when
+the message is settled on this broker; on a shared store they poll as well.
 """
 
 from __future__ import annotations
@@ -72,3 +75,28 @@ async def wait(waiter: asyncio.Future[None], timeout: float) -> None:
 def _time_up(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+class ResultWaiters:
+    """Producers waiting for the results of messages, by message id."""
+
+    def __init__(self) -> None:
+        self._by_message: dict[str, list[asyncio.Future[None]]] = {}
+
+    async def wait(self, message_id: str, timeout: float) -> None:
+        """Until the message is settled here (``wake``), or ``timeout`` seconds."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._by_message.setdefault(message_id, []).append(future)
+        try:
+            await wait(future, timeout)
+        finally:
+            waiting = self._by_message.get(message_id, [])
+            if future in waiting:
+                waiting.remove(future)
+            if not waiting:
+                self._by_message.pop(message_id, None)
+
+    def wake(self, message_id: str) -> None:
+        for future in self._by_message.get(message_id, ()):
+            if not future.done():
+                future.set_result(None)

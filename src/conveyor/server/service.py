@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from conveyor.broker.broker import Broker, BrokerConfig
+from conveyor.broker.broker import Broker
+from conveyor.broker.config import BrokerConfig
 from conveyor.core.errors import InvalidArgument
 from conveyor.server import native
 from conveyor.server.native import NativeServer
