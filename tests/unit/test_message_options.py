@@ -28,3 +28,11 @@ def test_every_option_builds_the_same_message_as_the_struct() -> None:
     }
     message = NewMessage(body=b"x", **options)
     assert {name: getattr(message, name) for name in options} == options
+
+
+def test_the_http_apis_message_schema_has_the_same_options() -> None:
+    from conveyor.server.openapi import openapi_document
+
+    schema = openapi_document()["components"]["schemas"]["MessageJson"]
+    bodies = {"body", "body_base64", "json"}
+    assert set(schema["properties"]) - bodies == set(typing.get_type_hints(MessageOptions))
