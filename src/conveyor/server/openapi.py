@@ -14,6 +14,7 @@ requirement is stated when the server has a token (``--token``), and
 from __future__ import annotations
 
 import functools
+import typing
 from typing import Any
 
 import msgspec
@@ -25,6 +26,7 @@ from conveyor.core.types import (
     Delivery,
     EnqueueResult,
     Message,
+    MessageOptions,
     QueueConfig,
     QueueStats,
     Result,
@@ -105,6 +107,14 @@ def _message_schemas() -> dict[str, Any]:
         "group": key,
         "headers": {"type": "object", "additionalProperties": {"type": "string"}},
         "max_attempts": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+    }
+    # null is "not given", as the NewMessage fields that may be None take it.
+    hints = typing.get_type_hints(MessageOptions)
+    options = {
+        name: {"anyOf": [schema, {"type": "null"}]}
+        if type(None) in typing.get_args(hints[name])
+        else schema
+        for name, schema in options.items()
     }
     bodies = {
         "body": {"type": "string"},
