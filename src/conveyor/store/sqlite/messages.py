@@ -310,7 +310,7 @@ def extend(state: StoreState, tx: Transaction, op: SettleOp) -> Settled:
     for item in op.items:
         assert isinstance(item, Extend)
         deadline = op.now + item.seconds
-        if tx.conn.execute(Q.extend, (deadline, parse_id(item.id), item.token)).rowcount:
+        if tx.conn.execute(Q.extend, (deadline, parse_id(item.id), item.token, op.now)).rowcount:
             outcomes.append(deadline)
         else:
             outcomes.append(_lost(item.id, item.token))
