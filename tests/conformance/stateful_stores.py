@@ -9,18 +9,18 @@ each time; the SQLite file is deleted. PostgreSQL keeps the one schema of
 the test (migrated by the first example) and empties its tables, and the
 store stays open from one example to the next: a new node's connections
 are new server processes whose first use of each statement (catalog
-lookups, planning) cost 20-40 ms, ten times the example's own work. Only
+lookups, planning) costs 20-40 ms, ten times the example's own work. Only
 the restart rule closes it for real and opens another node.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from conveyor.store.base import Store
-from conveyor.store.postgres.store import PostgresStore
 from conveyor.store.sqlite.store import SqliteStore
 
 if TYPE_CHECKING:
@@ -67,14 +67,20 @@ class CountingIds:
         return f"{self.count:0{2 * nbytes}x}"
 
 
-class KeptOpen(PostgresStore):
-    """A PostgreSQL store that stays open when its broker closes."""
+@functools.cache
+def kept_open() -> type[Any]:
+    """A PostgreSQL store class that stays open when its broker closes
+    (asyncpg imported only where PostgreSQL runs)."""
+    from conveyor.store.postgres.store import PostgresStore
 
-    async def close(self) -> None:
-        """The next example uses it again (``close_for_real`` ends it)."""
+    class KeptOpen(PostgresStore):
+        async def close(self) -> None:
+            """The next example uses it again (``close_for_real`` ends it)."""
 
-    async def close_for_real(self) -> None:
-        await super().close()
+        async def close_for_real(self) -> None:
+            await super().close()
+
+    return KeptOpen
 
 
 class ExampleStores:
@@ -83,7 +89,7 @@ class ExampleStores:
         self.loop = loop
         probe = factory()  # unopened: only its kind and where it keeps its data
         caps = probe.capabilities
-        if isinstance(probe, PostgresStore):
+        if caps.name == "postgres":
             self.kind = "postgres"
             options = probe.options
             sep = "&" if "?" in options.dsn else "?"
@@ -95,7 +101,7 @@ class ExampleStores:
         # Sessions live in a shared store's database: a node's restart ends none.
         self.sessions_survive_restart = caps.shared
         self._probe = probe
-        self._node: KeptOpen | None = None  # the PostgreSQL store the examples share
+        self._node: Any = None  # the PostgreSQL store the examples share
         self._pg: asyncpg.Connection | None = None
 
     async def fresh(self) -> Store:
@@ -110,7 +116,7 @@ class ExampleStores:
             if await conn.fetchval("SELECT to_regclass('messages') IS NOT NULL"):
                 await conn.execute(_PG_EMPTY)
             if self._node is None:
-                self._node = KeptOpen(self._pg_url)
+                self._node = kept_open()(self._pg_url)
             return self._node
         return self.factory()
 
@@ -120,7 +126,7 @@ class ExampleStores:
         assert self.persistent, "nothing survives an in-memory store"
         if self.kind == "postgres":
             await self.close_node()
-            self._node = KeptOpen(self._pg_url)
+            self._node = kept_open()(self._pg_url)
             return self._node
         return self.factory()
 
