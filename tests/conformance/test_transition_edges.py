@@ -1,0 +1,126 @@
+"""Details of the store transitions that only mutation testing showed no
+test deciding (scripts/mutation.sh): each test here failed against a
+mutant that every other test let through."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+from conveyor.broker.broker import Broker
+from conveyor.core.errors import LeaseLost
+from conveyor.core.types import Ack, Dead, Delivery, Extend, Nack, NewMessage, ResultStatus
+
+if TYPE_CHECKING:
+    from conftest import FakeClock
+
+
+async def two_leased(broker: Broker) -> tuple[Delivery, Delivery]:
+    await broker.create_queue("q")
+    await broker.enqueue_many("q", [NewMessage(body=b"a"), NewMessage(body=b"b")])
+    session = await broker.open_session("c", timeout=1000)
+    first, second = await broker.receive(session, "q", max=2)
+    return first, second
+
+
+@pytest.mark.parametrize("kind", ["ack", "nack", "extend", "dead"])
+async def test_a_stale_token_first_in_a_batch_does_not_stop_the_rest(
+    broker: Broker, clock: FakeClock, kind: str
+) -> None:
+    a, b = await two_leased(broker)
+    stale, good = (a.id, a.token + 7), (b.id, b.token)
+    if kind == "ack":
+        out: list[object] = list(await broker.ack_many([Ack(*stale), Ack(*good)]))
+    elif kind == "nack":
+        out = list(await broker.nack_many([Nack(*stale), Nack(*good)]))
+    elif kind == "extend":
+        out = list(await broker.extend_many([Extend(*stale, 60), Extend(*good, 60)]))
+    else:
+        out = list(await broker.dead_many([Dead(*stale, "x"), Dead(*good, "x")]))
+    assert len(out) == 2 and isinstance(out[0], LeaseLost), out
+    assert out[1] == (clock.now + 60 if kind == "extend" else None), out
+    stats = await broker.stats("q")
+    assert stats.leased == (2 if kind == "extend" else 1), stats
+
+
+@pytest.mark.parametrize("kind", ["ack", "nack", "extend", "dead"])
+async def test_lease_lost_names_the_message_and_the_token(broker: Broker, kind: str) -> None:
+    a, _ = await two_leased(broker)
+    token = a.token + 5
+    calls = {
+        "ack": lambda: broker.ack(a.id, token),
+        "nack": lambda: broker.nack(a.id, token),
+        "extend": lambda: broker.extend(a.id, token, 5),
+        "dead": lambda: broker.dead(a.id, token, "x"),
+    }
+    with pytest.raises(LeaseLost) as caught:
+        await calls[kind]()
+    assert f"message {a.id} is not leased with token {token}" in caught.value.message
+
+
+async def test_a_dead_letter_s_result_is_its_reason_and_then_its_error(broker: Broker) -> None:
+    await broker.create_queue("q", max_attempts=1)
+    sent = await broker.enqueue_many("q", [NewMessage(body=b"a"), NewMessage(body=b"b")])
+    session = await broker.open_session("c")
+    first, second = await broker.receive(session, "q", max=2)
+    await broker.dead(first.id, first.token, "cannot parse")
+    await broker.nack(second.id, second.token, error="ValueError: boom")
+    assert (await broker.result(sent[0].id)).error == "cannot parse"
+    assert (await broker.result(sent[1].id)).error == "failed on all 1 attempts: ValueError: boom"
+
+
+async def test_what_the_monitor_dead_letters_is_reported_finished_with_its_reason(
+    broker: Broker, clock: FakeClock
+) -> None:
+    """A lease that runs out on the last attempt, and a session that goes
+    silent holding one: both dead-lettered at the sweep's time, with the
+    reason saying why, and reported as finished (result waiters wake)."""
+    await broker.create_queue("q", max_attempts=1, visibility_timeout=5)
+    await broker.enqueue_many("q", [NewMessage(body=b"a"), NewMessage(body=b"b")])
+    quiet = await broker.open_session("quiet", timeout=20)
+    [lapsed] = await broker.receive(quiet, "q", visibility=5)
+    [silent] = await broker.receive(quiet, "q", visibility=100)
+    clock.advance(6)
+    swept = await broker.sweep_once()
+    assert swept.finished == [lapsed.id] and swept.leases_expired == 1
+    clock.advance(20)
+    swept = await broker.sweep_once()
+    assert swept.finished == [silent.id] and swept.sessions_expired == [quiet]
+    letters = {m.id: m for m in await broker.dead_letters("q")}
+    assert letters[lapsed.id].dead_reason == "lease expired after 1 attempts"
+    assert letters[silent.id].dead_reason == "session ended after 1 attempts"
+    assert letters[silent.id].dead_at == clock.now
+    assert letters[lapsed.id].dead_at == clock.now - 20
+    result = await broker.result(silent.id)
+    assert (result.status, result.finished_at) == (ResultStatus.DEAD, clock.now)
+
+
+async def test_a_delayed_member_promoted_by_a_dead_head_still_waits_for_its_time(
+    broker: Broker, clock: FakeClock
+) -> None:
+    await broker.create_queue("q")
+    await broker.enqueue("q", b"head", group="g")
+    later = await broker.enqueue("q", b"later", group="g", delay=30)
+    session = await broker.open_session("c", timeout=1000)
+    [head] = await broker.receive(session, "q")
+    await broker.dead(head.id, head.token, "bad")
+    stats = await broker.stats("q")
+    assert (stats.ready, stats.scheduled) == (0, 1)
+    assert await broker.receive(session, "q") == []
+    clock.advance(30)
+    [d] = await broker.receive(session, "q")
+    assert d.id == later.id
+
+
+async def test_the_monitor_makes_due_messages_ready_in_the_counts(
+    broker: Broker, clock: FakeClock
+) -> None:
+    await broker.create_queue("q")
+    await broker.enqueue("q", b"x", delay=5)
+    clock.advance(5)
+    stats = await broker.stats("q")
+    assert (stats.ready, stats.scheduled) == (0, 1)  # due, not yet made ready
+    await broker.sweep_once()
+    stats = await broker.stats("q")
+    assert (stats.ready, stats.scheduled, stats.oldest_ready_age) == (1, 0, 0.0)
