@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from conveyor.broker.broker import Broker
-from conveyor.core.errors import LeaseLost
+from conveyor.core.errors import LeaseLost, ResultTimeout
 from conveyor.core.types import Ack, Dead, Delivery, Extend, Nack, NewMessage, ResultStatus
 
 if TYPE_CHECKING:
@@ -96,23 +96,6 @@ async def test_what_the_monitor_dead_letters_is_reported_finished_with_its_reaso
     assert (result.status, result.finished_at) == (ResultStatus.DEAD, clock.now)
 
 
-async def test_a_delayed_member_promoted_by_a_dead_head_still_waits_for_its_time(
-    broker: Broker, clock: FakeClock
-) -> None:
-    await broker.create_queue("q")
-    await broker.enqueue("q", b"head", group="g")
-    later = await broker.enqueue("q", b"later", group="g", delay=30)
-    session = await broker.open_session("c", timeout=1000)
-    [head] = await broker.receive(session, "q")
-    await broker.dead(head.id, head.token, "bad")
-    stats = await broker.stats("q")
-    assert (stats.ready, stats.scheduled) == (0, 1)
-    assert await broker.receive(session, "q") == []
-    clock.advance(30)
-    [d] = await broker.receive(session, "q")
-    assert d.id == later.id
-
-
 async def test_the_monitor_makes_due_messages_ready_in_the_counts(
     broker: Broker, clock: FakeClock
 ) -> None:
@@ -124,3 +107,103 @@ async def test_the_monitor_makes_due_messages_ready_in_the_counts(
     await broker.sweep_once()
     stats = await broker.stats("q")
     assert (stats.ready, stats.scheduled, stats.oldest_ready_age) == (1, 0, 0.0)
+
+
+@pytest.mark.parametrize("settle", ["ack", "dead"])
+async def test_a_delayed_member_promoted_by_a_finished_head_waits_for_its_time(
+    broker: Broker, clock: FakeClock, settle: str
+) -> None:
+    await broker.create_queue("q")
+    await broker.enqueue("q", b"head", group="g")
+    later = await broker.enqueue("q", b"later", group="g", delay=30)
+    session = await broker.open_session("c", timeout=1000)
+    [head] = await broker.receive(session, "q")
+    if settle == "ack":
+        await broker.ack(head.id, head.token)
+    else:
+        await broker.dead(head.id, head.token, "bad")
+    stats = await broker.stats("q")
+    assert (stats.ready, stats.scheduled) == (0, 1)
+    assert await broker.receive(session, "q") == []
+    clock.advance(30)
+    [d] = await broker.receive(session, "q")
+    assert d.id == later.id
+
+
+async def test_a_group_head_dead_at_its_lease_s_expiry_lets_the_next_lead(
+    broker: Broker, clock: FakeClock
+) -> None:
+    await broker.create_queue("q", max_attempts=1, visibility_timeout=5)
+    await broker.enqueue_many(
+        "q", [NewMessage(body=b"1", group="g"), NewMessage(body=b"2", group="g")]
+    )
+    session = await broker.open_session("c", timeout=1000)
+    [head] = await broker.receive(session, "q")
+    clock.advance(6)
+    assert (await broker.sweep_once()).finished == [head.id]
+    [d] = await broker.receive(session, "q")
+    assert d.body == b"2"
+
+
+async def test_a_nack_that_dead_letters_does_not_stop_the_rest_of_its_batch(
+    broker: Broker,
+) -> None:
+    await broker.create_queue("q", max_attempts=5)
+    await broker.enqueue("q", b"last", max_attempts=1)
+    again = await broker.enqueue("q", b"again")
+    session = await broker.open_session("c")
+    last, other = await broker.receive(session, "q", max=2)
+    out = await broker.nack_many([Nack(last.id, last.token), Nack(other.id, other.token, delay=0)])
+    assert out == [None, None]
+    stats = await broker.stats("q")
+    assert (stats.ready, stats.leased, stats.dead) == (1, 0, 1)
+    [d] = await broker.receive(session, "q")
+    assert (d.id, d.attempts) == (again.id, 2)
+
+
+async def test_a_nack_with_a_short_delay_is_not_delivered_before_it(
+    broker: Broker, clock: FakeClock
+) -> None:
+    await broker.create_queue("q")
+    await broker.enqueue("q", b"x")
+    session = await broker.open_session("c", timeout=1000)
+    [d] = await broker.receive(session, "q")
+    await broker.nack(d.id, d.token, delay=0.5)
+    assert (await broker.stats("q")).scheduled == 1
+    assert await broker.receive(session, "q") == []
+    clock.advance(0.5)
+    assert len(await broker.receive(session, "q")) == 1
+
+
+async def test_a_dead_letter_s_result_lasts_the_queue_s_result_ttl(
+    broker: Broker, clock: FakeClock
+) -> None:
+    await broker.create_queue("q", result_ttl=10)
+    sent = await broker.enqueue("q", b"x")
+    session = await broker.open_session("c", timeout=1000)
+    [d] = await broker.receive(session, "q")
+    await broker.dead(d.id, d.token, "bad")
+    clock.advance(9)
+    await broker.sweep_once()
+    assert (await broker.result(sent.id)).status == ResultStatus.DEAD
+    clock.advance(2)
+    await broker.sweep_once()
+    with pytest.raises(ResultTimeout):
+        await broker.result(sent.id)
+
+
+async def test_a_dedup_window_under_a_second_still_dedups(broker: Broker, clock: FakeClock) -> None:
+    await broker.create_queue("q", dedup_window=0.5)
+    first = await broker.enqueue("q", b"a", dedup_key="k")
+    clock.advance(0.25)
+    second = await broker.enqueue("q", b"b", dedup_key="k")
+    assert (second.id, second.duplicate) == (first.id, True)
+    clock.advance(0.25)
+    assert not (await broker.enqueue("q", b"c", dedup_key="k")).duplicate
+
+
+async def test_acks_of_one_session_in_one_batch_all_count(broker: Broker) -> None:
+    a, b = await two_leased(broker)
+    assert await broker.ack_many([Ack(a.id, a.token), Ack(b.id, b.token)]) == [None, None]
+    [info] = await broker.sessions()
+    assert (info.delivered_total, info.acked_total) == (2, 2)

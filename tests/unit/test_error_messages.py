@@ -12,13 +12,19 @@ import pytest
 
 from conveyor.core import validation
 from conveyor.core.errors import InvalidArgument
+from conveyor.core.ids import parse_id
 from conveyor.core.topics import validate_pattern, validate_topic
 from conveyor.core.types import NewMessage
 
 BIG_HEADERS = {"k": "v" * validation.MAX_HEADERS_BYTES}
 
 CASES: list[tuple[str, Callable[[], Any], list[str]]] = [
-    ("queue name", lambda: validation.queue_name("a b"), ["bad queue name 'a b'", "letters"]),
+    (
+        "queue name",
+        lambda: validation.queue_name("a b"),
+        ["bad queue name 'a b'", "letters", "starting with a letter or digit"],
+    ),
+    ("message id", lambda: parse_id("xyz"), ["bad message id 'xyz'", "16 hexadecimal"]),
     ("priority", lambda: validation.priority(10), ["priority", "at most 9", "10"]),
     ("priority type", lambda: validation.priority("1"), ["priority must be an integer"]),
     ("seconds", lambda: validation.seconds("delay", -1), ["delay must be at least 0"]),
@@ -42,10 +48,46 @@ CASES: list[tuple[str, Callable[[], Any], list[str]]] = [
         lambda: validation.message(NewMessage(body=b"x" * 11), 10),
         ["body of 11 bytes", "limit of 10"],
     ),
+    *[
+        (
+            f"message {field}",
+            (lambda f=field, v=value: validation.message(NewMessage(body=b"", **{f: v}), 10)),
+            [f"{field} must be"],
+        )
+        for field, value in (
+            ("priority", 10),
+            ("delay", -1),
+            ("ttl", 0),
+            ("dedup_key", ""),
+            ("group", "a\x00"),
+            ("max_attempts", 0),
+        )
+    ],
+    *[
+        (
+            f"setting {name}",
+            (lambda n=name, v=value: validation.queue_config("q", {n: v})),
+            [f"{name} must be"],
+        )
+        for name, value in (
+            ("visibility_timeout", 0),
+            ("dedup_window", -1),
+            ("retry_base", -1),
+            ("retry_jitter", -1),
+            ("max_attempts", 0),
+            ("buckets", 5000),
+        )
+    ],
+    (
+        "no upper bound",
+        lambda: validation.queue_config("q", {"max_length": 0}),
+        ["max_length must be at least 1, not 0"],
+    ),
+    ("upper bound", lambda: validation.priority(-1), ["priority must be at least 0 and at most 9"]),
     (
         "unknown setting",
         lambda: validation.queue_config("q", {"colour": 1}),
-        ["unknown queue setting", "colour", "visibility_timeout"],
+        ["unknown queue setting", "colour", "known: visibility_timeout, max_attempts"],
     ),
     (
         "jitter",
