@@ -33,8 +33,8 @@
 #   CONVEYOR_STATEFUL_SCALE   examples of the state machine, as a fraction of
 #                             the suite's (default 0.05)
 #
-# At the end it prints the score (killed, timeouts included, over all
-# mutants) and every mutant left alive, as a diff; the whole log of the run
+# At the end it prints the score (killed, timeouts included, over the
+# mutants tested so far) and every mutant left alive, as a diff; the whole log of the run
 # is in $MUTATION_DIR/run.log.
 set -euo pipefail
 
@@ -83,31 +83,28 @@ if ! nice -n 19 python -m mutmut run --max-children "$children" "$@" >"$work/run
     tail -n 40 "$work/run.log" >&2
     exit 1
 fi
-python -m mutmut export-cicd-stats >/dev/null
-
 python - "$@" <<'REPORT'
-import json
 import subprocess
 import sys
+from collections import Counter
 from fnmatch import fnmatch
 
-stats = json.load(open("mutants/mutmut-cicd-stats.json"))
-killed = stats["killed"] + stats["timeout"]
-total = stats["total"]
-print(f"score: {killed}/{total} killed ({100 * killed / max(total, 1):.1f}%)")
-print("  " + ", ".join(f"{k} {v}" for k, v in stats.items() if v))
 
-listed = subprocess.run(
-    [sys.executable, "-m", "mutmut", "results"], capture_output=True, text=True, check=True
-).stdout.splitlines()
-alive = [line.strip().rsplit(": ", 1) for line in listed if ": " in line]
-alive = [(name, status) for name, status in alive if status not in ("killed", "timeout")]
-if sys.argv[1:]:
-    alive = [(n, s) for n, s in alive if any(fnmatch(n, p) for p in sys.argv[1:])]
-for name, status in alive:
-    print(f"\n== {status}: {name}")
-    shown = subprocess.run(
-        [sys.executable, "-m", "mutmut", "show", name], capture_output=True, text=True
-    )
-    print(shown.stdout.rstrip())
+def mutmut(*args: str) -> str:
+    command = [sys.executable, "-m", "mutmut", *args]
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+
+listed = [line.strip().rsplit(": ", 1) for line in mutmut("results", "--all", "true").splitlines()]
+status = {name: state for name, state in (pair for pair in listed if len(pair) == 2)}
+counts = Counter(status.values())
+killed = counts["killed"] + counts["timeout"] + counts["caught by type check"]
+checked = sum(counts.values()) - counts["not checked"]
+print(f"score: {killed}/{checked} tested mutants killed ({100 * killed / max(checked, 1):.1f}%)")
+print("  " + ", ".join(f"{state} {n}" for state, n in sorted(counts.items())))
+alive = [n for n, s in status.items() if s not in ("killed", "timeout", "not checked")]
+alive = [n for n in alive if not sys.argv[1:] or any(fnmatch(n, p) for p in sys.argv[1:])]
+for name in alive:
+    print(f"\n== {status[name]}: {name}")
+    print(mutmut("show", name).rstrip())
 REPORT

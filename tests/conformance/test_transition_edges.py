@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from conveyor.broker.broker import Broker
-from conveyor.core.errors import LeaseLost, ResultTimeout
+from conveyor.core.errors import LeaseLost, QueueFull, ResultTimeout, SessionNotFound
 from conveyor.core.types import Ack, Dead, Delivery, Extend, Nack, NewMessage, ResultStatus
 
 if TYPE_CHECKING:
@@ -207,3 +207,16 @@ async def test_acks_of_one_session_in_one_batch_all_count(broker: Broker) -> Non
     assert await broker.ack_many([Ack(a.id, a.token), Ack(b.id, b.token)]) == [None, None]
     [info] = await broker.sessions()
     assert (info.delivered_total, info.acked_total) == (2, 2)
+
+
+async def test_queue_full_and_session_not_found_say_what_was_refused(broker: Broker) -> None:
+    await broker.create_queue("q", max_length=2)
+    await broker.enqueue_many("q", [NewMessage(body=b"a"), NewMessage(body=b"b")])
+    with pytest.raises(QueueFull) as full:
+        await broker.enqueue("q", b"c")
+    assert "queue 'q' holds 2 of at most 2 messages; 1 more do not fit" in full.value.message
+    session = await broker.open_session("c")
+    await broker.close_session(session)
+    with pytest.raises(SessionNotFound) as gone:
+        await broker.receive(session, "q")
+    assert f"session {session!r} is closed or expired" in gone.value.message

@@ -73,25 +73,29 @@ def test_a_length_at_the_limit_is_read_and_one_over_is_refused_before_its_body()
     with pytest.raises(wire.FrameTooLarge) as caught:
         reader.feed(struct.pack(">I", len(body)))  # the length alone is enough
     assert caught.value.code == "frame_too_large"
+    assert f"frame of {len(body)} bytes exceeds the limit of {len(body) - 1}" in str(caught.value)
     assert isinstance(caught.value, wire.ProtocolError)
     with pytest.raises(wire.FrameTooLarge):
         wire.FrameReader().feed(b"\xff\xff\xff\xff")
 
 
 @pytest.mark.parametrize(
-    "payload",
+    ("payload", "says"),
     [
-        b"\xc1",  # never used in MessagePack
-        msgspec.msgpack.encode({"kind": 1}),
-        msgspec.msgpack.encode([]),
-        msgspec.msgpack.encode(["1", 2]),
-        msgspec.msgpack.encode(7),
+        (b"\xc1", "undecodable frame: "),  # 0xc1 is never used in MessagePack
+        (msgspec.msgpack.encode({"kind": 1}), "a frame is an array that starts with its kind"),
+        (msgspec.msgpack.encode([]), "a frame is an array that starts with its kind"),
+        (msgspec.msgpack.encode(["1", 2]), "a frame is an array that starts with its kind"),
+        (msgspec.msgpack.encode(7), "a frame is an array that starts with its kind"),
     ],
 )
-def test_a_frame_that_is_not_an_array_starting_with_its_kind_is_refused(payload: bytes) -> None:
+def test_a_frame_that_is_not_an_array_starting_with_its_kind_is_refused(
+    payload: bytes, says: str
+) -> None:
     with pytest.raises(wire.ProtocolError) as caught:
         wire.FrameReader().feed(struct.pack(">I", len(payload)) + payload)
     assert caught.value.code == "protocol_error"
+    assert says in caught.value.message
 
 
 def test_the_protocol_errors_have_stable_codes() -> None:
