@@ -220,3 +220,58 @@ async def test_queue_full_and_session_not_found_say_what_was_refused(broker: Bro
     with pytest.raises(SessionNotFound) as gone:
         await broker.receive(session, "q")
     assert f"session {session!r} is closed or expired" in gone.value.message
+
+
+async def test_acked_and_dead_messages_make_room_under_max_length(broker: Broker) -> None:
+    await broker.create_queue("q", max_length=3)
+    await broker.enqueue_many("q", [NewMessage(body=b"%d" % n) for n in range(3)])
+    session = await broker.open_session("c")
+    first, second = await broker.receive(session, "q", max=2)
+    await broker.ack(first.id, first.token)
+    await broker.dead(second.id, second.token, "bad")
+    await broker.enqueue_many("q", [NewMessage(body=b"3"), NewMessage(body=b"4")])
+    with pytest.raises(QueueFull):
+        await broker.enqueue("q", b"5")
+    assert (await broker.stats("q")).ready == 3
+
+
+async def test_a_closed_session_no_longer_counts_as_a_consumer(broker: Broker) -> None:
+    await broker.create_queue("q")
+    session = await broker.open_session("c")
+    await broker.receive(session, "q")
+    assert (await broker.stats("q")).consumers == 1
+    await broker.close_session(session)
+    assert (await broker.stats("q")).consumers == 0
+
+
+async def test_nul_characters_in_errors_and_reasons_are_kept_readable(broker: Broker) -> None:
+    await broker.create_queue("q", max_attempts=1)
+    await broker.enqueue_many("q", [NewMessage(body=b"a"), NewMessage(body=b"b")])
+    session = await broker.open_session("c")
+    first, second = await broker.receive(session, "q", max=2)
+    await broker.nack(first.id, first.token, error="bad\x00byte")
+    await broker.dead(second.id, second.token, "nul\x00here")
+    letters = {m.id: m for m in await broker.dead_letters("q")}
+    error, reason = letters[first.id].last_error or "", letters[second.id].dead_reason or ""
+    assert error.startswith("bad") and error.endswith("byte") and len(error) == 8
+    assert reason.startswith("nul") and reason.endswith("here") and len(reason) == 8
+
+
+async def test_a_long_poll_on_an_empty_queue_does_not_ask_the_store_in_a_loop(
+    broker: Broker,
+) -> None:
+    """Waiting, the broker claims again when woken, or once a second at most:
+    a handful of claims in 0.3 s, not a spin."""
+    await broker.create_queue("q")
+    session = await broker.open_session("c")
+    claims = 0
+    claim = broker.store.claim
+
+    async def counted(op: object) -> object:
+        nonlocal claims
+        claims += 1
+        return await claim(op)  # type: ignore[arg-type]
+
+    broker.store.claim = counted  # type: ignore[method-assign]
+    assert await broker.receive(session, "q", wait=0.3) == []
+    assert 1 <= claims <= 5, claims
