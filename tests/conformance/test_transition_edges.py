@@ -10,6 +10,7 @@ import pytest
 
 from conveyor.broker.broker import Broker
 from conveyor.core.errors import LeaseLost, QueueFull, ResultTimeout, SessionNotFound
+from conveyor.core.ids import id_time
 from conveyor.core.types import Ack, Dead, Delivery, Extend, Nack, NewMessage, ResultStatus
 
 if TYPE_CHECKING:
@@ -275,3 +276,15 @@ async def test_a_long_poll_on_an_empty_queue_does_not_ask_the_store_in_a_loop(
     broker.store.claim = counted  # type: ignore[method-assign]
     assert await broker.receive(session, "q", wait=0.3) == []
     assert 1 <= claims <= 5, claims
+
+
+async def test_an_id_tells_the_millisecond_it_was_made(broker: Broker, clock: FakeClock) -> None:
+    """Ids are time-ordered (docs/semantics.md): the broker clock's
+    millisecond at the enqueue, whatever store made them."""
+    await broker.create_queue("q")
+    first = await broker.enqueue("q", b"a")
+    assert id_time(first.id) == int(clock.now * 1000) / 1000
+    clock.advance(10)
+    later = await broker.enqueue_many("q", [NewMessage(body=b"b"), NewMessage(body=b"c")])
+    assert [id_time(r.id) for r in later] == [int(clock.now * 1000) / 1000] * 2
+    assert first.id < later[0].id < later[1].id
