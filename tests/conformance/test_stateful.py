@@ -23,11 +23,11 @@ from conveyor.core.ring import bucket_owners
 # finish rather than report a timeout.
 pytestmark = pytest.mark.timeout(1800)
 
-# How many examples each store runs, 40 steps each. One costs about 50 ms on
-# SQLite in memory, 100 ms on a file (fsyncs), 300 ms on PostgreSQL (every
-# step a few round trips, and the checks after it three more), measured on
-# the 2-core machine when quiet: about 1, 1 and 1.5 minutes, so PostgreSQL
-# runs fewer. (These, with PostgreSQL at 600, passed in 14 minutes under a
+# How many examples each store runs, 40 steps each. One costs about 30-50 ms
+# on SQLite in memory, 100 ms on a file (fsyncs), 300-400 ms on PostgreSQL
+# (every step a few round trips, and the checks after it three more),
+# measured on the 2-core machine: about 0.5-1, 1 and 2 minutes, so
+# PostgreSQL runs fewer. (These, with PostgreSQL at 600, passed in 14 minutes under a
 # load of 8.) CONVEYOR_STATEFUL_SCALE multiplies them: 10 for a long hunt,
 # 0.05 in the mutation runs (scripts/mutation.sh).
 EXAMPLES = {"sqlite-memory": 1200, "sqlite-file": 600, "postgres": 300}
