@@ -4,6 +4,7 @@ mutant that every other test let through."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 import pytest
@@ -288,3 +289,17 @@ async def test_an_id_tells_the_millisecond_it_was_made(broker: Broker, clock: Fa
     later = await broker.enqueue_many("q", [NewMessage(body=b"b"), NewMessage(body=b"c")])
     assert [id_time(r.id) for r in later] == [int(clock.now * 1000) / 1000] * 2
     assert first.id < later[0].id < later[1].id
+
+
+async def test_one_idempotency_key_twice_at_once_stores_once(broker: Broker) -> None:
+    """Two calls with one key at the same moment (on PostgreSQL, one
+    group-commit round): one reply for both, one message stored."""
+    await broker.create_queue("q")
+    await broker.enqueue("q", b"warm")  # the queue's settings cached: no await before the store
+    batch = [NewMessage(body=b"a"), NewMessage(body=b"b")]
+    first, second = await asyncio.gather(
+        broker.enqueue_many("q", batch, idempotency_key="k"),
+        broker.enqueue_many("q", batch, idempotency_key="k"),
+    )
+    assert first == second and len(first) == 2
+    assert (await broker.stats("q")).enqueued_total == 3
