@@ -303,3 +303,33 @@ async def test_one_idempotency_key_twice_at_once_stores_once(broker: Broker) -> 
     )
     assert first == second and len(first) == 2
     assert (await broker.stats("q")).enqueued_total == 3
+
+
+async def test_enqueues_at_the_same_moment_are_all_stored_groups_in_order(
+    broker: Broker,
+) -> None:
+    """On PostgreSQL they share a group-commit round: each one's rows must
+    reach the round's single INSERT."""
+    await broker.create_queue("q")
+    await broker.enqueue("q", b"warm")
+    sent = await asyncio.gather(
+        *(broker.enqueue("q", b"%d" % n, group="g" if n % 2 else None) for n in range(6))
+    )
+    assert len({r.id for r in sent}) == 6
+    stats = await broker.stats("q")
+    assert (stats.enqueued_total, stats.ready) == (7, 7)
+    session = await broker.open_session("c")
+    got = await broker.receive(session, "q", max=100)
+    assert sorted(d.body for d in got) == [b"0", b"1", b"2", b"4", b"warm"]
+
+
+async def test_publish_dedups_in_each_queue_by_its_own_window(broker: Broker) -> None:
+    """The first bound queue keeps no dedup keys: the second still does."""
+    await broker.create_queue("a", dedup_window=0)
+    await broker.create_queue("b")
+    await broker.bind("t", "a")
+    await broker.bind("t", "b")
+    first = await broker.publish("t", b"x", dedup_key="k")
+    again = await broker.publish("t", b"x", dedup_key="k")
+    assert not again["a"].duplicate and again["a"].id != first["a"].id
+    assert again["b"].duplicate and again["b"].id == first["b"].id
