@@ -247,14 +247,22 @@ async def _fail_round(
 
 async def extend_round(conn: Connection, node: NodeState, jobs: list[Job], fx: Effects) -> None:
     items = _items(jobs)
-    # The last extension of a lease in the round decides its deadline.
+    # The first extension of a lease in the round finds it live or lapsed;
+    # if live, the last one decides its deadline.
+    first: dict[tuple[int, int], float] = {}
     final: dict[tuple[int, int], float] = {}
     for _, _, item, now in items:
         assert isinstance(item, Extend)
-        final[(parse_id(item.id), item.token)] = now + item.seconds
+        key = (parse_id(item.id), item.token)
+        first.setdefault(key, now)
+        final[key] = now + item.seconds
     keys = list(final)
     rows = await conn.fetch(
-        Q.extend, [s for s, _ in keys], [t for _, t in keys], [final[k] for k in keys]
+        Q.extend,
+        [s for s, _ in keys],
+        [t for _, t in keys],
+        [final[k] for k in keys],
+        [first[k] for k in keys],
     )
     extended = {(seq, token) for seq, token in rows}
     outcomes = _outcomes(jobs)

@@ -319,9 +319,12 @@ FROM unnest($1::bigint[], $2::smallint[], $3::float8[], $4::text[]) AS r(seq, st
 WHERE m.seq = r.seq;
 
 -- name: extend
+-- Only a live lease: one past its deadline ($4, the time of the extension)
+-- is lost, released or not yet.
 UPDATE messages AS m SET lease_deadline = e.deadline
-FROM unnest($1::bigint[], $2::bigint[], $3::float8[]) AS e(seq, token, deadline)
+FROM unnest($1::bigint[], $2::bigint[], $3::float8[], $4::float8[]) AS e(seq, token, deadline, now)
 WHERE m.seq = e.seq AND m.token = e.token AND m.state = 2 AND m.holder IS NOT NULL
+  AND m.lease_deadline >= e.now
 RETURNING m.seq, m.token;
 
 -- name: kill

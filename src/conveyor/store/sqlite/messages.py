@@ -319,7 +319,7 @@ def extend(state: StoreState, tx: Transaction, op: SettleOp) -> Settled:
     for item in op.items:
         assert isinstance(item, Extend)
         deadline = op.now + item.seconds
-        if tx.conn.execute(Q.extend, (deadline, parse_id(item.id), item.token)).rowcount:
+        if tx.conn.execute(Q.extend, (deadline, parse_id(item.id), item.token, op.now)).rowcount:
             outcomes.append(deadline)
         else:
             outcomes.append(_lost(item.id, item.token))
@@ -438,7 +438,10 @@ def sweep(state: StoreState, tx: Transaction, now: float) -> Swept:
             fx.move(queue, SCHEDULED, READY, due)
             fx.woken.add(queue)
     expired = conn.execute(Q.ttl_expired, (now, SWEEP_LIMIT)).fetchall()
-    for seq, queue, grp, st in expired:
+    # Blocked members first: a head that dies promotes the next member, and
+    # one of these promoted meanwhile would be killed as still blocked (its
+    # own successor never promoted, its counts wrong).
+    for seq, queue, grp, st in sorted(expired, key=lambda row: row[3] != BLOCKED):
         fx.add(queue, "expired")
         # A blocked message is not its group's head: the head still leads,
         # so nothing behind it may be promoted.

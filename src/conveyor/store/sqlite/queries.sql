@@ -124,8 +124,9 @@ SET state = ?, available_at = ?, last_error = ?, holder = NULL, lease_deadline =
 WHERE seq = ?;
 
 -- name: extend
+-- Only a live lease: one past its deadline is lost, released or not yet.
 UPDATE messages SET lease_deadline = ?
-WHERE seq = ? AND token = ? AND state = 2 AND holder IS NOT NULL;
+WHERE seq = ? AND token = ? AND state = 2 AND holder IS NOT NULL AND lease_deadline >= ?;
 
 -- name: kill
 UPDATE messages

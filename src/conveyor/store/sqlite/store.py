@@ -401,10 +401,12 @@ class SqliteStore:
             if ids is None:
                 rows = conn.execute(Q.dead_all, (queue,)).fetchall()
             else:
+                # In enqueue order, each once (as on PostgreSQL): the first
+                # of a group leads, and an id given twice is redriven once.
                 rows = [
                     r
-                    for i in ids
-                    if (r := conn.execute(Q.dead_one, (queue, parse_id(i))).fetchone())
+                    for seq in sorted({parse_id(i) for i in ids})
+                    if (r := conn.execute(Q.dead_one, (queue, seq)).fetchone())
                 ]
             fx = tx_ops.Effects()
             for seq, grp in rows:
