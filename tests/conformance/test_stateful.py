@@ -125,14 +125,13 @@ def test_a_group_s_next_message_in_a_later_call_waits_for_its_head(
         machine.teardown()
 
 
+@pytest.mark.stores("sqlite-file", "postgres")  # nothing survives a restart of memory
 def test_a_restart_keeps_every_message_and_settles_leases_by_the_store_s_rule(
     stores: ExampleStores,
 ) -> None:
     """Messages in every state, then a restart: nothing is lost, the acked one
     stays gone, and the lease held at the restart ends (SQLite: a late ack
     with its token still succeeds) or stands (PostgreSQL)."""
-    if not stores.persistent:
-        pytest.skip("nothing survives a restart of an in-memory store")
     machine = fixed_run(stores)
     try:
         machine.open_session(1)

@@ -22,10 +22,10 @@ def test_a_frame_is_a_big_endian_length_then_messagepack() -> None:
 
 def test_each_kind_of_frame_decodes_to_its_documented_array() -> None:
     reader = wire.FrameReader()
-    data = wire.encode_many(
-        [(wire.PUSH, 3, ["d"]), (wire.SUB_END, 3, "queue_not_found", "gone")]
-    ) + b"".join(
+    data = b"".join(
         (
+            wire.encode((wire.PUSH, 3, ["d"])),
+            wire.encode((wire.SUB_END, 3, "queue_not_found", "gone")),
             wire.request(1, "ack", {"id": "x"}),
             wire.reply(1, None),
             wire.error(2, LeaseLost("stale")),
