@@ -1,8 +1,9 @@
 """Owned asyncio tasks: every task Conveyor starts belongs to a ``TaskSet``
 of the object that started it, which keeps it until it ends and, on close,
 waits for it or cancels it. No task is fire-and-forget: nothing is lost to
-the garbage collector mid-run, nothing outlives its owner, and an error no
-one awaited is logged, never dropped.
+the garbage collector mid-run, and nothing outlives its owner. A task's
+outcome stays its owner's business: awaited, read by a done-callback, or
+(never read) reported by asyncio as usual.
 
     tasks = TaskSet("client")
     tasks.spawn(flush())          # kept until it ends
@@ -15,13 +16,10 @@ The set costs one ``set.add`` and one done-callback per task.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
-
-log = logging.getLogger("conveyor")
 
 
 class TaskSet:
@@ -30,21 +28,15 @@ class TaskSet:
     __slots__ = ("_tasks", "name")
 
     def __init__(self, name: str = "") -> None:
-        self.name = name  # says whose tasks they are in a logged error
+        self.name = name  # whose tasks they are, for a reader of the code or a debugger
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def spawn(self, coro: Coroutine[Any, Any, T], *, name: str | None = None) -> asyncio.Task[T]:
         """Run ``coro`` as a task of this set (on the running loop)."""
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
-        task.add_done_callback(self._ended)
+        task.add_done_callback(self._tasks.discard)
         return task
-
-    def _ended(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            # Retrieved here, so asyncio does not report it at garbage collection.
-            log.error("%s: task %s failed", self.name or "task set", task.get_name(), exc_info=exc)
 
     def __len__(self) -> int:
         return len(self._tasks)
