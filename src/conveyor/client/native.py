@@ -214,10 +214,12 @@ class NativeTransport:
         requests are pipelined, not awaited: a failure ends the subscription
         (its queue was deleted meanwhile, say); a lost connection leaves it
         to the next one."""
+        loop = asyncio.get_running_loop()
         for sub, (queue, prefetch, _) in list(self._specs.items()):
             if sub not in self._opening:
                 args = {"queue": queue, "prefetch": prefetch, "sub": sub}
-                _, future = self._request(link, "consume", args)
+                future: asyncio.Future[object] = loop.create_future()
+                link.writer.write(link.conn.request("consume", args, future)[1])
                 future.add_done_callback(functools.partial(self._reopened, sub))
 
     def _reopened(self, sub: int, future: asyncio.Future[object]) -> None:
@@ -343,9 +345,12 @@ class NativeTransport:
         link = self._link
         if link is None:
             raise Lost("not connected")
-        rid, future = self._request(link, op, args)
+        # Written here, not in a helper: this is every call's path.
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        rid, data = link.conn.request(op, args, future)  # over a limit: raises, unsent
+        writer = link.writer
+        writer.write(data)
         try:
-            writer = link.writer
             if writer.transport.get_write_buffer_size() > 1 << 20:
                 try:
                     await writer.drain()
@@ -353,17 +358,8 @@ class NativeTransport:
                     raise Lost(str(exc) or repr(exc)) from None
             return await future
         finally:
-            link.conn.forget(rid)
-
-    def _request(
-        self, link: _Link, op: str, args: dict[str, object]
-    ) -> tuple[int, asyncio.Future[object]]:
-        """Write one request; the future of its reply. A request over the
-        broker's limits raises here, unsent."""
-        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        rid, data = link.conn.request(op, args, future)
-        link.writer.write(data)
-        return rid, future
+            if not future.done():  # cancelled: its reply, if any, is dropped
+                link.conn.forget(rid)
 
     async def subscribe(self, queue: str, prefetch: int, handler: PushHandler) -> int:
         """Have deliveries of ``queue`` pushed to ``handler``, at most
