@@ -10,6 +10,7 @@ Bodies: ``bytes`` go as they are, ``str`` as UTF-8, anything else as JSON
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -234,9 +235,13 @@ class AsyncClient:
         return self
 
     async def close(self) -> None:
-        await self._sending.wait(2.0)  # settles and releases already under way
+        with contextlib.suppress(TimeoutError):  # settles and releases under way
+            await asyncio.wait_for(self._sending.wait(), 2.0)
         await self._transport.close()
-        await self._sending.aclose()  # what the closed transport left (it fails fast)
+        # What the closed transport left is cancelled. The set stays open: a
+        # settle made after the close fails with BrokerClosed, as any call.
+        self._sending.cancel()
+        await self._sending.wait()
 
     async def __aenter__(self) -> Self:
         return await self.connect()

@@ -41,7 +41,8 @@ class EmbeddedTransport:
             self._started = True
 
     async def close(self) -> None:
-        await self._tasks.aclose()
+        self._tasks.cancel()
+        await self._tasks.wait()
         for sub in self._subs.values():
             sub.stop()
         self._subs.clear()

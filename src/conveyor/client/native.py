@@ -107,7 +107,7 @@ class NativeTransport:
         self._next_sub = 1
         self._received = False  # a receive was made: this client consumes
         self._connected = asyncio.Event()
-        self._connector: asyncio.Task[None] | None = None
+        self._connector: asyncio.Task[ConveyorError | None] | None = None
         self._tasks = TaskSet("conveyor client connection")  # connector, readers, heartbeats
         self._releases = TaskSet("conveyor client releases")
         self._closed = False
@@ -130,7 +130,7 @@ class NativeTransport:
         # its BrokerUnreachable says more than a call running out of time.
         wait = max(0.0, deadline - time.monotonic()) if self.connected_once else None
         try:
-            await asyncio.wait_for(asyncio.shield(connector), wait)
+            error = await asyncio.wait_for(asyncio.shield(connector), wait)
         except TimeoutError:
             raise ConnectionLost(
                 f"the connection was lost and not regained within {self.timeout:g}s"
@@ -140,8 +140,10 @@ class NativeTransport:
             if self._closed and current is not None and not current.cancelling():
                 raise BrokerClosed("the client is closed") from None  # not our caller's cancel
             raise
+        if error is not None:
+            raise error
 
-    def _start_connecting(self) -> asyncio.Task[None]:
+    def _start_connecting(self) -> asyncio.Task[ConveyorError | None]:
         """The one task that (re)connects, started if none runs."""
         if self._connector is None or self._connector.done():
             if not self.connected_once:
@@ -154,22 +156,27 @@ class NativeTransport:
             self._connector.add_done_callback(self._connector_done)
         return self._connector
 
-    async def _reach(self, deadline: float | None) -> None:
+    async def _reach(self, deadline: float | None) -> ConveyorError | None:
+        """Connect; None once connected, else the error it gave up with
+        (returned, not raised: every caller waiting for it raises it)."""
         attempts = Attempts(self.addresses, deadline)
-        for attempt in attempts:
-            await asyncio.sleep(attempt.pause)
-            with attempt:
-                await asyncio.wait_for(self._connect_once(*attempt.address), attempt.timeout)
-                return
-        raise attempts.unreachable()
+        try:
+            for attempt in attempts:
+                await asyncio.sleep(attempt.pause)
+                with attempt:
+                    await asyncio.wait_for(self._connect_once(*attempt.address), attempt.timeout)
+                    return None
+        except ConveyorError as exc:  # what a new attempt cannot mend: a bad token...
+            return exc
+        return attempts.unreachable()
 
-    def _connector_done(self, task: asyncio.Task[None]) -> None:
+    def _connector_done(self, task: asyncio.Task[ConveyorError | None]) -> None:
         """A connector that gave up (a token refused after a broker restart,
         say) ends the subscriptions: their consume loops raise its error."""
         if task.cancelled():
             return
-        exc = task.exception()
-        if isinstance(exc, ConveyorError) and not self._closed:
+        exc = task.result()
+        if exc is not None and not self._closed:
             specs, self._specs = self._specs, {}
             for _, _, handler in specs.values():
                 handler(exc)
@@ -252,7 +259,8 @@ class NativeTransport:
             log.info("connection lost: %s", why)
 
     async def close(self) -> None:
-        await self._releases.wait(1.0)  # hand back what was released before closing
+        with contextlib.suppress(TimeoutError):  # hand back what was released before closing
+            await asyncio.wait_for(self._releases.wait(), 1.0)
         self._closed = True
         if self._connector is not None:
             self._connector.cancel()
@@ -263,8 +271,8 @@ class NativeTransport:
             self._lost(link, "closed by the client")
             with contextlib.suppress(Exception):  # let the transport finish closing on this loop
                 await asyncio.wait_for(link.writer.wait_closed(), 1.0)
-        await self._tasks.aclose()
-        await self._releases.aclose()
+        await self._tasks.close()
+        await self._releases.close()
 
     # -- the connection's tasks ------------------------------------------------
 

@@ -185,19 +185,20 @@ class Worker:
                 self.concurrency,
             )
             await self._stopping.wait()
-            await consumers.aclose()
+            await consumers.close()
             backlog = [delivery for delivery, _ in self._backlog]
             self._backlog.clear()
             await asyncio.gather(*(self._give_back(d) for d in backlog))
             await self._drain()
         finally:
-            await consumers.aclose()
+            self.stop()  # if it ends otherwise (cancelled): nothing new starts
+            await consumers.close()
             await self.pool.close()
             await client.close()
             # Past the grace period: what still runs is given up on (the
             # broker releases its leases with the connection's session).
-            await self._tasks.aclose()
-            await self._giving_back.aclose()
+            await self._tasks.close()
+            await self._giving_back.close()
             log.info("%s: stopped after %d tasks", self.name, self.completed)
 
     async def _reach_broker(self, client: AsyncClient) -> bool:
@@ -231,7 +232,9 @@ class Worker:
         log.info(
             "%s: waiting up to %gs for %d running tasks", self.name, self.grace, len(self._tasks)
         )
-        if not await self._tasks.wait(self.grace):
+        try:
+            await asyncio.wait_for(self._tasks.wait(), self.grace)
+        except TimeoutError:
             log.warning(
                 "%s: %d tasks still running after the grace period", self.name, len(self._tasks)
             )
