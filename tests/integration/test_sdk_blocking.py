@@ -10,7 +10,7 @@ import contextlib
 import os
 import socket
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -20,7 +20,7 @@ from integration_support import RawConnection, ServerProcess, StartServer, wait_
 
 import conveyor
 from conveyor.client import blocking
-from conveyor.client.blocking import BlockingCalls, run_inline
+from conveyor.client.blocking import BlockingCalls
 from conveyor.client.native import ConnectionLost, NativeTransport
 from conveyor.core import wire
 from conveyor.core.errors import QueueNotFound
@@ -80,7 +80,7 @@ def test_an_idle_client_keeps_its_connection(start_server: StartServer) -> None:
     server = start_server("--heartbeat", "0.2", "--session-timeout", "0.5")
     with conveyor.Client(server.url, timeout=10) as client:
         client.create_queue("idle")
-        pool = client._plain._transport.calls
+        pool = client._calls
         (before,) = pool._idle
         # A connection that says hello and then nothing, idle since after
         # the pool's went idle: once the broker drops it for its silence,
@@ -101,7 +101,7 @@ def test_spare_connections_of_a_burst_are_closed_once_idle(
     server = start_server("--heartbeat", "0.2", "--session-timeout", "0.5")
     with conveyor.Client(server.url, timeout=10) as client:
         client.create_queue("burst")
-        pool = client._plain._transport.calls
+        pool = client._calls
         barrier = threading.Barrier(4)
 
         def produce() -> None:
@@ -239,17 +239,25 @@ def test_a_silent_broker_is_given_up_on() -> None:
         broker.close()
 
 
-class _Suspend:
-    def __await__(self) -> Generator[None, None, None]:
-        yield
+def test_calls_that_hold_no_lease_need_no_event_loop(server: ServerProcess, queue: str) -> None:
+    """They are the AsyncClient's calls made synchronous (scripts/gen_sync.py
+    refuses one that would need a loop): with the client's event loop thread
+    stuck, they still run, in the calling thread."""
+    with conveyor.Client(server.url, timeout=10) as client:
+        stuck, release = threading.Event(), threading.Event()
 
+        def block_the_loop() -> None:
+            stuck.set()
+            release.wait(GIVE_UP_WITHIN)
 
-def test_run_inline_refuses_a_coroutine_that_suspends() -> None:
-    async def suspends() -> None:
-        await _Suspend()
-
-    with pytest.raises(RuntimeError, match="suspended"):
-        run_inline(suspends())
+        client._portal._loop.call_soon_threadsafe(block_the_loop)
+        try:
+            assert stuck.wait(GIVE_UP_WITHIN)
+            within(GIVE_UP_WITHIN, lambda: client.create_queue(queue))
+            assert within(GIVE_UP_WITHIN, lambda: client.enqueue(queue, b"x")).duplicate is False
+            assert within(GIVE_UP_WITHIN, lambda: client.stats(queue)).ready == 1
+        finally:
+            release.set()
 
 
 def test_the_embedded_broker_keeps_the_event_loop_path(tmp_path: Path) -> None:

@@ -10,19 +10,19 @@ Bodies: ``bytes`` go as they are, ``str`` as UTF-8, anything else as JSON
 from __future__ import annotations
 
 import asyncio
-import copy
+import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, Self, TypeVar
 
 import msgspec
 
-from conveyor.client.blocking import BlockingCalls, InlineCalls
-from conveyor.client.native import NativeTransport
+from conveyor.client.transport import Transport
 from conveyor.client.urls import open_transport, resolve
 from conveyor.core import types
-from conveyor.core.errors import ConveyorError, InvalidArgument
+from conveyor.core.errors import ConveyorError, InvalidArgument, error_for_code
+from conveyor.core.tasks import TaskSet
 from conveyor.core.types import (
     Binding,
     EnqueueResult,
@@ -58,20 +58,28 @@ def encode_body(
     return data, merged
 
 
-def _convert(value: Any, kind: type[T]) -> T:
+def convert_reply(value: object, kind: type[T], *, from_attributes: bool = False) -> T:
+    """A broker's reply as the public type ``kind`` (decoded MessagePack
+    from a remote broker, the broker's own values from an embedded one)."""
     try:
-        return msgspec.convert(value, kind)
+        return msgspec.convert(value, kind, from_attributes=from_attributes)
     except msgspec.ValidationError as exc:
         raise ConveyorError(f"unexpected reply from the broker: {exc}") from None
 
 
-def _outcome_error(outcome: Mapping[str, Any] | Any) -> ConveyorError | None:
-    from conveyor.core.errors import error_for_code
+class SettleOutcome(msgspec.Struct, frozen=True):
+    """One item of a settle batch's reply: ok (with the new deadline of an
+    extend), or the error's code and message."""
 
-    data = outcome if isinstance(outcome, Mapping) else msgspec.structs.asdict(outcome)
-    if data.get("ok"):
-        return None
-    return error_for_code(str(data.get("code")), str(data.get("message")))
+    ok: bool
+    code: str | None = None
+    message: str | None = None
+    deadline: float | None = None
+
+    def error(self) -> ConveyorError | None:
+        if self.ok:
+            return None
+        return error_for_code(str(self.code), str(self.message))
 
 
 # Bytes of results, errors and reasons one settle batch carries at most (a
@@ -86,11 +94,13 @@ class _SettleBatch:
     __slots__ = ("futures", "items", "size")
 
     def __init__(self) -> None:
-        self.items: list[dict[str, Any]] = []
-        self.futures: list[asyncio.Future[dict[str, Any]]] = []
+        self.items: list[dict[str, object]] = []
+        self.futures: list[asyncio.Future[SettleOutcome]] = []
         self.size = 0
 
-    def add(self, item: dict[str, Any], future: asyncio.Future[dict[str, Any]], size: int) -> None:
+    def add(
+        self, item: dict[str, object], future: asyncio.Future[SettleOutcome], size: int
+    ) -> None:
         self.items.append(item)
         self.futures.append(future)
         self.size += size
@@ -102,10 +112,11 @@ class _SettleBatch:
         return self.size + size > SETTLE_BATCH_BYTES or len(self.items) >= SETTLE_BATCH_ITEMS
 
 
-def _settle_size(item: Mapping[str, Any]) -> int:
+def _settle_size(result: bytes | None = None, text: str | None = None) -> int:
     """What a settle item adds to its batch's frame, roughly: its free-form
-    fields and a fixed part for the id, token and numbers."""
-    return 64 + sum(len(item.get(k) or b"") for k in ("result", "error", "reason"))
+    field (an ack's result, a nack's error, a dead's reason) and a fixed
+    part for the id, token and numbers."""
+    return 64 + len(result or text or b"")
 
 
 class Delivery:
@@ -117,20 +128,59 @@ class Delivery:
         self._client = client
         self.message = message
 
-    id = property(lambda self: self.message.id)
-    queue = property(lambda self: self.message.queue)
-    body = property(lambda self: self.message.body)
-    headers = property(lambda self: self.message.headers)
-    priority = property(lambda self: self.message.priority)
-    group = property(lambda self: self.message.group)
-    attempts = property(lambda self: self.message.attempts)
-    max_attempts = property(lambda self: self.message.max_attempts)
-    token = property(lambda self: self.message.token)
-    deadline = property(lambda self: self.message.deadline)
-    lease = property(lambda self: self.message.lease)
-    enqueued_at = property(lambda self: self.message.enqueued_at)
+    @property
+    def id(self) -> str:
+        return self.message.id
 
-    def json(self) -> Any:
+    @property
+    def queue(self) -> str:
+        return self.message.queue
+
+    @property
+    def body(self) -> bytes:
+        return self.message.body
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.message.headers
+
+    @property
+    def priority(self) -> int:
+        return self.message.priority
+
+    @property
+    def group(self) -> str | None:
+        return self.message.group
+
+    @property
+    def attempts(self) -> int:
+        """Deliveries of this message so far, this one included."""
+        return self.message.attempts
+
+    @property
+    def max_attempts(self) -> int:
+        return self.message.max_attempts
+
+    @property
+    def token(self) -> int:
+        """The lease's fencing token: it grows with every delivery."""
+        return self.message.token
+
+    @property
+    def deadline(self) -> float:
+        """When the lease ends, in Unix seconds by the broker's clock."""
+        return self.message.deadline
+
+    @property
+    def lease(self) -> float:
+        """Seconds the lease lasts from its grant (for this side's own clock)."""
+        return self.message.lease
+
+    @property
+    def enqueued_at(self) -> float:
+        return self.message.enqueued_at
+
+    def json(self) -> Any:  # a JSON document is any value: the one Any of the API
         return json.loads(self.message.body)
 
     def text(self) -> str:
@@ -173,32 +223,25 @@ class AsyncClient:
         token: str | None = None,
     ) -> None:
         self.url = resolve(url)
-        self._transport: Any = open_transport(
+        self._transport: Transport = open_transport(
             self.url, name=name, timeout=timeout, connect_timeout=connect_timeout, token=token
         )
         self._batches: dict[str, _SettleBatch] = {}
-        self._flushing: set[asyncio.Task[None]] = set()
-
-    def _blocking_twin(self) -> AsyncClient | None:
-        """A client for the same broker whose calls block the calling thread
-        on sockets of their own and never suspend (conveyor.client.blocking):
-        the sync Client runs its calls that hold no lease on it. None for an
-        embedded broker, which lives on an event loop."""
-        if not isinstance(self._transport, NativeTransport):
-            return None
-        twin = copy.copy(self)
-        twin._transport = InlineCalls(BlockingCalls(self._transport))
-        twin._batches, twin._flushing = {}, set()
-        return twin
+        # Settle batches on their way, and releases of unread deliveries.
+        self._sending = TaskSet("conveyor client settles")
 
     async def connect(self) -> Self:
         await self._transport.connect()
         return self
 
     async def close(self) -> None:
-        if self._flushing:  # settles and releases already under way
-            await asyncio.wait(set(self._flushing), timeout=2.0)
+        with contextlib.suppress(TimeoutError):  # settles and releases under way
+            await asyncio.wait_for(self._sending.wait(), 2.0)
         await self._transport.close()
+        # What the closed transport left is cancelled. The set stays open: a
+        # settle made after the close fails with BrokerClosed, as any call.
+        self._sending.cancel()
+        await self._sending.wait()
 
     async def __aenter__(self) -> Self:
         return await self.connect()
@@ -206,18 +249,19 @@ class AsyncClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _call(self, op: str, args: dict[str, Any], kind: type[T]) -> T:
-        return _convert(await self._transport.call(op, args), kind)
+    async def _call(self, op: str, args: dict[str, object], kind: type[T]) -> T:
+        return convert_reply(await self._transport.call(op, args), kind)
 
     # -- queues --------------------------------------------------------------
 
     async def create_queue(
-        self, name: str, /, *, exist_ok: bool = True, **settings: Any
+        self, name: str, /, *, exist_ok: bool = True, **settings: float | None
     ) -> QueueConfig:
+        """Settings: those of ``QueueConfig`` (visibility_timeout, max_attempts...)."""
         args = {"queue": name, "settings": settings, "exist_ok": exist_ok}
         return await self._call("create_queue", args, QueueConfig)
 
-    async def configure_queue(self, name: str, /, **settings: Any) -> QueueConfig:
+    async def configure_queue(self, name: str, /, **settings: float | None) -> QueueConfig:
         return await self._call(
             "configure_queue", {"queue": name, "settings": settings}, QueueConfig
         )
@@ -279,7 +323,11 @@ class AsyncClient:
 
     async def _enqueue(self, queue: str, messages: list[NewMessage]) -> list[EnqueueResult]:
         # The key makes a retry after a lost connection harmless.
-        args = {"queue": queue, "messages": messages, "idempotency_key": uuid.uuid4().hex}
+        args: dict[str, object] = {
+            "queue": queue,
+            "messages": messages,
+            "idempotency_key": uuid.uuid4().hex,
+        }
         return await self._call("enqueue", args, list[EnqueueResult])
 
     async def publish(
@@ -330,14 +378,19 @@ class AsyncClient:
         visibility: float | None = None,
     ) -> list[Delivery]:
         """Lease up to ``max`` messages, waiting up to ``wait`` s for one."""
-        args = {"queue": queue, "max": max, "wait": wait, "visibility": visibility}
+        args: dict[str, object] = {
+            "queue": queue,
+            "max": max,
+            "wait": wait,
+            "visibility": visibility,
+        }
         got = await self._call("receive", args, list[types.Delivery])
         return [Delivery(self, d) for d in got]
 
     async def consume(self, queue: str, prefetch: int = 10) -> AsyncIterator[Delivery]:
         """Deliveries as they come, at most ``prefetch`` unsettled at once.
         Settle each one (ack, nack, dead) to make room for the next."""
-        box: asyncio.Queue[Any] = asyncio.Queue()
+        box: asyncio.Queue[Sequence[object] | ConveyorError] = asyncio.Queue()
         sub = await self._transport.subscribe(queue, prefetch, box.put_nowait)
         try:
             while True:
@@ -345,23 +398,21 @@ class AsyncClient:
                 if isinstance(item, ConveyorError):
                     raise item
                 for d in item:
-                    yield Delivery(self, _convert(d, types.Delivery))
+                    yield Delivery(self, convert_reply(d, types.Delivery))
         finally:
             await self._transport.unsubscribe(sub)
             self._release_unread(box)
 
-    def _release_unread(self, box: asyncio.Queue[Any]) -> None:
+    def _release_unread(self, box: asyncio.Queue[Sequence[object] | ConveyorError]) -> None:
         """Deliveries that reached a closed consume but were never yielded go
         back to the queue at once (a nack without delay)."""
         unread: list[types.Delivery] = []
         while not box.empty():
             item = box.get_nowait()
             if not isinstance(item, ConveyorError):
-                unread.extend(_convert(d, types.Delivery) for d in item)
+                unread.extend(convert_reply(d, types.Delivery) for d in item)
         if unread:
-            task = asyncio.get_running_loop().create_task(self._release(unread))
-            self._flushing.add(task)
-            task.add_done_callback(self._flushing.discard)
+            self._sending.spawn(self._release(unread))
 
     async def _release(self, deliveries: list[types.Delivery]) -> None:
         why = "released unread: the consumer was closed"
@@ -374,7 +425,8 @@ class AsyncClient:
 
     async def ack(self, id: str, token: int, result: object = None) -> None:
         data = None if result is None else encode_body(result, None)[0]
-        await self._settle("ack", {"id": id, "token": token, "result": data})
+        item = {"id": id, "token": token, "result": data}
+        await self._settle("ack", item, _settle_size(result=data))
 
     async def nack(
         self,
@@ -384,28 +436,33 @@ class AsyncClient:
         delay: float | None = None,
         error: str | None = None,
     ) -> None:
-        await self._settle("nack", {"id": id, "token": token, "delay": delay, "error": error})
+        item = {"id": id, "token": token, "delay": delay, "error": error}
+        await self._settle("nack", item, _settle_size(text=error))
 
     async def extend(self, id: str, token: int, seconds: float) -> float:
-        outcome = await self._settle("extend", {"id": id, "token": token, "seconds": seconds})
-        return float(outcome["deadline"])
+        item = {"id": id, "token": token, "seconds": seconds}
+        deadline = (await self._settle("extend", item, _settle_size())).deadline
+        if deadline is None:
+            raise ConveyorError("unexpected reply from the broker: an extend without a deadline")
+        return deadline
 
     async def dead(self, id: str, token: int, reason: str) -> None:
-        await self._settle("dead", {"id": id, "token": token, "reason": reason})
+        item = {"id": id, "token": token, "reason": reason}
+        await self._settle("dead", item, _settle_size(text=reason))
 
-    async def _settle(self, op: str, item: dict[str, Any]) -> dict[str, Any]:
+    async def _settle(self, op: str, item: dict[str, object], size: int) -> SettleOutcome:
         # Settles made in the same event-loop turn travel as one batch, cut
         # where it would pass SETTLE_BATCH_BYTES (acks carrying large results
         # would otherwise make a frame the broker refuses).
-        size = _settle_size(item)
         batch = self._batches.get(op)
         if batch is not None and batch.full(size):
             self._flush(op)
             batch = None
+        loop = asyncio.get_running_loop()
         if batch is None:
             batch = self._batches[op] = _SettleBatch()
-            asyncio.get_running_loop().call_soon(self._flush, op)
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            loop.call_soon(self._flush, op)
+        future: asyncio.Future[SettleOutcome] = loop.create_future()
         batch.add(item, future, size)
         return await future
 
@@ -413,17 +470,18 @@ class AsyncClient:
         batch = self._batches.pop(op, None)
         if batch is None:  # sent already, cut short by its size
             return
-        task = asyncio.get_running_loop().create_task(
-            self._send_batch(op, batch.items, batch.futures)
-        )
-        self._flushing.add(task)
-        task.add_done_callback(self._flushing.discard)
+        self._sending.spawn(self._send_batch(op, batch.items, batch.futures))
 
     async def _send_batch(
-        self, op: str, items: list[dict[str, Any]], futures: list[asyncio.Future[dict[str, Any]]]
+        self,
+        op: str,
+        items: list[dict[str, object]],
+        futures: list[asyncio.Future[SettleOutcome]],
     ) -> None:
         try:
-            outcomes = await self._transport.call(op, {"items": items})
+            reply = await self._transport.call(op, {"items": items})
+            # An embedded broker answers with its own Outcome structs.
+            outcomes = convert_reply(reply, list[SettleOutcome], from_attributes=True)
         except BaseException as exc:
             for future in futures:
                 if not future.done():
@@ -432,14 +490,13 @@ class AsyncClient:
                 raise
             return
         for future, outcome in zip(futures, outcomes, strict=True):
-            data = outcome if isinstance(outcome, Mapping) else msgspec.structs.asdict(outcome)
-            error = _outcome_error(data)
             if future.done():
                 continue
+            error = outcome.error()
             if error is not None:
                 future.set_exception(error)
             else:
-                future.set_result(dict(data))
+                future.set_result(outcome)
 
     # -- dead letters and results ------------------------------------------------
 

@@ -5,7 +5,14 @@ Through the event loop thread, each sync call cost two thread wake-ups (the
 caller waking the loop, the loop waking the caller): more CPU and wall time
 than the broker's own work for an enqueue at durability ``os``. Here the
 calling thread writes its request and blocks in ``recv`` for the reply; the
-kernel wakes it when the reply arrives.
+kernel wakes it when the reply arrives. The generated sync Client
+(client/sync.py) makes these calls in plain functions, no coroutine or
+event loop in between.
+
+The protocol itself (handshake, frames, replies, heartbeats' bookkeeping,
+limits, when to send a call again) is connection.py's, shared with the
+asyncio transport (native.py); this module moves its bytes on blocking
+sockets.
 
 ``BlockingCalls`` keeps a pool of connections, one per thread calling at the
 same moment (a connection carries one call at a time), made as they are
@@ -26,12 +33,8 @@ its connection (the spares of a burst of parallel callers are closed after
 same (the keeper could not run) is replaced instead of being found dead.
 Connections made before a ``fork`` are not used in the child.
 
-``InlineCalls`` is the same as an awaitable transport for ``AsyncClient``:
-its ``call`` never suspends, so a coroutine of the client made over it runs
-to its end in one ``send`` (``run_inline``), in the calling thread. This is
-how the sync Client reuses the AsyncClient's code without its event loop.
-Leases belong to the connection's session, so receiving and settling stay on
-the event loop's connection.
+Leases belong to the connection's session, so receiving and settling stay
+on the event loop's connection (NativeTransport).
 """
 
 from __future__ import annotations
@@ -42,26 +45,11 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Coroutine
-from typing import Any, TypeVar
 
-from conveyor.client.connecting import (
-    RECONNECT,
-    Attempts,
-    ConnectionLost,
-    address,
-    connection_error,
-    hello,
-    hello_reply_length,
-    welcome,
-)
-from conveyor.client.limits import check_frame, check_request
+from conveyor.client.connecting import Attempts, address
+from conveyor.client.connection import Answer, Connection, Lost, Resend
 from conveyor.client.native import NativeTransport
-from conveyor.core import wire
-from conveyor.core.errors import BrokerClosed, ConveyorError, error_for_code
-
-T = TypeVar("T")
-
+from conveyor.core.errors import BrokerClosed, ConveyorError
 
 # A request this short fits the socket's send buffer: sending never waits.
 SMALL = 64 * 1024
@@ -71,107 +59,69 @@ SMALL = 64 * 1024
 SPARE_IDLE = 60.0
 
 
-class Lost(Exception):
-    """Internal: the connection died under a call."""
+class _Pooled:
+    """A blocking socket and its connection's protocol state; one call at a
+    time, by the thread that took it from the pool."""
 
-
-def run_inline(coro: Coroutine[Any, Any, T]) -> T:
-    """Run, in this thread, a coroutine whose awaits never suspend."""
-    try:
-        coro.send(None)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
-    coro.close()
-    raise RuntimeError("a blocking call suspended: it needs an event loop")
-
-
-class Inline:
-    """The Portal's counterpart for coroutines that never suspend: ``call``
-    runs one to its end in the calling thread."""
-
-    def call(self, coro: Coroutine[Any, Any, T]) -> T:
-        return run_inline(coro)
-
-
-def recv_exactly(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise EOFError("closed during the handshake")
-        data += chunk
-    return data
-
-
-class _Connection:
-    def __init__(self, sock: socket.socket, server_info: dict[str, Any], timeout: float) -> None:
+    def __init__(self, sock: socket.socket, conn: Connection, timeout: float) -> None:
         self.sock = sock
-        self.info = server_info  # the broker's limits among them
-        self.heartbeat = float(server_info.get("heartbeat", 2.0))
+        self.conn = conn  # the broker's limits and heartbeat in its info
         self.timeout = timeout
-        self.frames = wire.FrameReader(int(server_info.get("max_frame", wire.DEFAULT_MAX_FRAME)))
         self.last_used = time.monotonic()  # by a call or a ping
         self.last_call = self.last_used
-        self._rid = 0
-        sock.settimeout(self.heartbeat / 2)
+        sock.settimeout(conn.beat_every)
 
     def usable(self) -> bool:
-        return time.monotonic() - self.last_used < 2 * self.heartbeat
+        return time.monotonic() - self.last_used < 2 * self.conn.heartbeat
 
     def ping(self) -> bool:
-        """Keep an idle connection alive: a heartbeat out, and the broker's
-        heartbeats read off; whether the connection still works."""
+        """Keep an idle connection alive: the broker's heartbeats read off,
+        a heartbeat out; whether the connection still works."""
         try:
-            self.sock.sendall(wire.HEARTBEAT_FRAME)
             while select.select([self.sock], [], [], 0)[0]:
                 chunk = self.sock.recv(1 << 16)
                 if not chunk:
                     return False
-                self.frames.feed(chunk)  # only heartbeats come to an idle connection
-        except (OSError, ConveyorError):
+                self.conn.feed(chunk, time.monotonic())  # only heartbeats come to an idle one
+            self.sock.sendall(self.conn.beat(time.monotonic()))
+        except (OSError, ConveyorError, Lost):
             return False
         self.last_used = time.monotonic()
         return True
 
-    def request(self, op: str, args: dict[str, Any]) -> list[Any]:
-        """Send one request; its reply or error frame. A request over the
-        broker's limits raises here, unsent."""
-        check_request(op, args, self.info)
-        data = wire.request(self._rid + 1, op, args)
-        check_frame(op, len(data) - 4, self.info)
-        self._rid += 1
+    def request(self, op: str, args: dict[str, object]) -> Answer:
+        """Send one request and wait for its reply (or the broker's error),
+        in the Answer. A request over the broker's limits raises here,
+        unsent; Lost if the connection dies under it."""
+        answer = Answer()
+        _, data = self.conn.request(op, args, answer)
         try:
-            if len(data) <= SMALL:
-                self.sock.sendall(data)
-            else:  # a big batch may take a busy broker longer to read
-                self.sock.settimeout(self.timeout)
-                self.sock.sendall(data)
-                self.sock.settimeout(self.heartbeat / 2)
-            return self.reply(self._rid)
+            self._send(data)
+            while not answer.done():
+                self._receive()
         except OSError as exc:  # socket.timeout included
             raise Lost(repr(exc)) from None
         finally:
             self.last_used = self.last_call = time.monotonic()
+        return answer
 
-    def reply(self, rid: int) -> list[Any]:
-        heard = time.monotonic()
-        while True:
-            try:
-                chunk = self.sock.recv(1 << 16)
-            except TimeoutError:
-                silent = time.monotonic() - heard
-                if silent > 3 * self.heartbeat:
-                    raise Lost(f"the broker was silent for {silent:.1f}s") from None
-                self.sock.sendall(wire.HEARTBEAT_FRAME)
-                continue
-            if not chunk:
-                raise Lost("closed by the broker")
-            heard = time.monotonic()
-            for frame in self.frames.feed(chunk):
-                if frame[0] == wire.ERROR and frame[1] == 0:  # about the connection
-                    connection_error(frame)  # a frame error is raised: never sent again
-                elif frame[0] in (wire.REPLY, wire.ERROR) and frame[1] == rid:
-                    return frame
+    def _send(self, data: bytes) -> None:
+        if len(data) <= SMALL:
+            self.sock.sendall(data)
+            return
+        self.sock.settimeout(self.timeout)  # a big batch may take a busy broker longer to read
+        self.sock.sendall(data)
+        self.sock.settimeout(self.conn.beat_every)
+
+    def _receive(self) -> None:
+        try:
+            chunk = self.sock.recv(1 << 16)
+        except TimeoutError:  # half a heartbeat interval without a word
+            self.sock.sendall(self.conn.beat(time.monotonic()))
+            return
+        if not chunk:
+            raise Lost("closed by the broker")
+        self.conn.feed(chunk, time.monotonic())
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -179,9 +129,10 @@ class _Connection:
 
 
 class BlockingCalls:
-    """The blocking twin of a ``NativeTransport``: the same addresses, token,
-    name, TLS context and timeouts; whether the client ever connected is
-    shared with it (until then, connecting is tried for ``connect_timeout``)."""
+    """The blocking calls of a ``NativeTransport``'s client: the same
+    addresses, token, name, TLS context and timeouts; whether the client
+    ever connected is shared with it (until then, connecting is tried for
+    ``connect_timeout``). Any thread may call it (``transport.Calls``)."""
 
     def __init__(self, native: NativeTransport) -> None:
         self.native = native
@@ -190,7 +141,7 @@ class BlockingCalls:
         self.name = native.name
         self.ssl_context = native.ssl_context
         self.timeout = native.timeout
-        self._idle: list[_Connection] = []
+        self._idle: list[_Pooled] = []
         self._lock = threading.Lock()
         self._closed = False
         self._pid = os.getpid()
@@ -200,54 +151,47 @@ class BlockingCalls:
         """Reach the broker now (a bad token or address fails here)."""
         self._give_back(self._take(time.monotonic() + self.timeout))
 
-    def call(self, op: str, args: dict[str, Any]) -> Any:
+    def call(self, op: str, args: dict[str, object]) -> object:
         """One request; sent again on a new connection if this one dies. An
         error about the connection itself (request id 0: a frame the broker
         could not read) is raised, never a reason to send it again."""
         deadline = time.monotonic() + self.timeout
-        lost = 0
+        resend: Resend | None = None  # made on the first loss only
         while True:
-            conn = self._take(deadline)
+            pooled = self._take(deadline)
             try:
-                frame = conn.request(op, args)
+                answer = pooled.request(op, args)
             except Lost as exc:
-                conn.close()
-                lost += 1
-                wait = RECONNECT.backoff(lost)
-                if time.monotonic() + wait > deadline:
-                    raise ConnectionLost(
-                        f"{op}: connection lost ({exc}) and not regained"
-                    ) from None
-                time.sleep(wait)
+                pooled.close()
+                resend = resend or Resend(op, deadline)
+                time.sleep(resend.after(exc, time.monotonic()))
                 continue
             except BaseException:
-                conn.close()  # a reply may still come on it: never reuse it
+                pooled.close()  # a reply may still come on it: never reuse it
                 raise
-            self._give_back(conn)
-            if frame[0] == wire.REPLY:
-                return frame[2]
-            raise error_for_code(frame[2], frame[3])
+            self._give_back(pooled)
+            return answer.value()
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+        for pooled in idle:
+            pooled.close()
 
     # -- the pool -------------------------------------------------------------
 
-    def _take(self, deadline: float) -> _Connection:
+    def _take(self, deadline: float) -> _Pooled:
         if self._pid != os.getpid():
             self._forked()
         with self._lock:
             if self._closed:
                 raise BrokerClosed("the client is closed")
             while self._idle:
-                conn = self._idle.pop()
-                if conn.usable():
-                    return conn
-                conn.close()
+                pooled = self._idle.pop()
+                if pooled.usable():
+                    return pooled
+                pooled.close()
         return self._connect(deadline)
 
     def _forked(self) -> None:
@@ -256,47 +200,48 @@ class BlockingCalls:
         self._lock = threading.Lock()
         self._pid = os.getpid()
         inherited, self._idle = self._idle, []
-        for conn in inherited:
-            conn.close()  # this process's copy of the socket only
+        for pooled in inherited:
+            pooled.close()  # this process's copy of the socket only
 
-    def _give_back(self, conn: _Connection) -> None:
+    def _give_back(self, pooled: _Pooled) -> None:
         with self._lock:
             if not self._closed:
-                self._idle.append(conn)
+                self._idle.append(pooled)
                 return
-        conn.close()
+        pooled.close()
 
-    def _connect(self, deadline: float) -> _Connection:
+    def _connect(self, deadline: float) -> _Pooled:
         if not self.native.connected_once:
             deadline = min(deadline, time.monotonic() + self.native.connect_timeout)
         attempts = Attempts(self.addresses, deadline)
-        while True:
-            for host, port in self.addresses:
-                try:
-                    conn = self._connect_once(host, port, attempts.attempt_timeout())
-                except (ConveyorError, OSError, EOFError) as exc:
-                    attempts.failed(host, port, exc)
-                    continue
+        for attempt in attempts:
+            time.sleep(attempt.pause)
+            with attempt:
+                pooled = self._connect_once(*attempt.address, timeout=attempt.timeout)
                 self.native.connected_once = True
-                return conn
-            time.sleep(attempts.pause())
+                return pooled
+        raise attempts.unreachable()
 
-    def _connect_once(self, host: str, port: int, timeout: float) -> _Connection:
+    def _connect_once(self, host: str, port: int, *, timeout: float) -> _Pooled:
         sock = socket.create_connection((host, port), timeout=timeout)
+        conn = Connection(
+            address(host, port), token=self.token, name=self.name, heartbeat=self.native.heartbeat
+        )
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.ssl_context is not None:
                 sock = self.ssl_context.wrap_socket(sock, server_hostname=host)
-            sock.sendall(hello(self.token, self.name))
-            head = recv_exactly(sock, 5)
-            length = hello_reply_length(head, address(host, port))
-            info = welcome(wire.decode(head[4:] + recv_exactly(sock, length - 1)))
-            conn = _Connection(sock, info, self.timeout)
+            sock.sendall(conn.hello())
+            while not conn.ready:  # the socket's timeout bounds each wait: the attempt's
+                if not (answer := sock.recv(1 << 16)):
+                    raise EOFError("closed during the handshake")
+                conn.feed(answer, time.monotonic())
+            pooled = _Pooled(sock, conn, self.timeout)
         except BaseException:
             sock.close()
             raise
-        self._start_keeper(conn.heartbeat / 2)
-        return conn
+        self._start_keeper(conn.beat_every)
+        return pooled
 
     # -- idle connections kept alive --------------------------------------------
 
@@ -319,33 +264,16 @@ class BlockingCalls:
                 if self._closed or self._pid != pid:
                     return
                 now = time.monotonic()
-                due = [c for c in self._idle if now - c.last_used >= every]
-                self._idle = [c for c in self._idle if now - c.last_used < every]
+                due = [p for p in self._idle if now - p.last_used >= every]
+                self._idle = [p for p in self._idle if now - p.last_used < every]
                 one_kept = bool(self._idle)  # one in use lately needs no ping
             # The most recently called connection is always kept alive; the
             # spares of a past burst of parallel callers only for a while.
-            due.sort(key=lambda c: c.last_call, reverse=True)
-            for conn in due:
-                keep = not one_kept or now - conn.last_call <= SPARE_IDLE
+            due.sort(key=lambda p: p.last_call, reverse=True)
+            for pooled in due:
+                keep = not one_kept or now - pooled.last_call <= SPARE_IDLE
                 one_kept = True
-                if keep and conn.ping():
-                    self._give_back(conn)
+                if keep and pooled.ping():
+                    self._give_back(pooled)
                 else:
-                    conn.close()
-
-
-class InlineCalls:
-    """``BlockingCalls`` as an AsyncClient transport whose awaits never
-    suspend (see ``run_inline``)."""
-
-    def __init__(self, calls: BlockingCalls) -> None:
-        self.calls = calls
-
-    async def connect(self) -> None:
-        self.calls.connect()
-
-    async def call(self, op: str, args: dict[str, Any]) -> Any:
-        return self.calls.call(op, args)
-
-    async def close(self) -> None:
-        self.calls.close()
+                    pooled.close()

@@ -1,6 +1,7 @@
-"""Reaching a broker: the handshake's checks, why an attempt failed, and
-the rounds of attempts over every address of a URL, shared by the asyncio
-transport (native.py) and the blocking one (blocking.py).
+"""Reaching a broker: the handshake's checks (run by connection.py, the
+protocol's sans-I/O client side), why an attempt failed, and the rounds of
+attempts over every address of a URL, shared by the asyncio transport
+(native.py) and the blocking one (blocking.py).
 
 A round tries every address in turn; rounds are ``RECONNECT``'s backoff
 apart. With a deadline (a client's first connection: ``connect_timeout``),
@@ -17,6 +18,7 @@ import logging
 import socket
 import ssl
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from conveyor.core import wire
@@ -152,8 +154,17 @@ def connection_error(frame: list[Any]) -> None:
 class Attempts:
     """Rounds of attempts over every address until one answers: what failed
     where, how long one attempt may take, and the pause between rounds.
-    With a deadline, BrokerUnreachable once past it; without one (a client
-    reconnecting in the background), for ever, logging each round."""
+    With a deadline, the rounds end once past it (``unreachable`` says why);
+    without one (a client reconnecting in the background), they go on for
+    ever, logging each round. Used as::
+
+        attempts = Attempts(addresses, deadline)
+        for attempt in attempts:
+            sleep(attempt.pause)
+            with attempt:  # a failure a new attempt may mend is noted, not raised
+                return connect(*attempt.address, timeout=attempt.timeout)
+        raise attempts.unreachable()
+    """
 
     def __init__(self, addresses: list[tuple[str, int]], deadline: float | None) -> None:
         self.addresses = addresses
@@ -163,26 +174,39 @@ class Attempts:
         self.rounds = 0
         self.warned = False
 
+    def __iter__(self) -> Iterator[Attempt]:
+        pause = 0.0
+        while True:
+            for host, port in self.addresses:
+                yield Attempt(self, host, port, pause)
+                pause = 0.0
+            next_round = self._pause()
+            if next_round is None:
+                return
+            pause = next_round
+
     def attempt_timeout(self) -> float:
         if self.deadline is None:
             return ATTEMPT_TIMEOUT
         return min(ATTEMPT_TIMEOUT, max(0.25, self.deadline - time.monotonic()))
 
-    def failed(self, host: str, port: int, exc: BaseException) -> None:
-        """Note why an address could not be reached; raise what a new attempt
-        cannot mend (a bad token, a peer speaking another protocol)."""
+    def failed(self, host: str, port: int, exc: BaseException) -> bool:
+        """Note why an address could not be reached; False for what a new
+        attempt cannot mend (a bad token, a peer speaking another protocol)."""
         if isinstance(exc, wire.ProtocolError | wire.Unauthorized):
-            raise exc
+            return False
         self.failures[(host, port)] = failure_reason(exc)
+        return True
 
-    def pause(self) -> float:
-        """Seconds before the next round, once every address failed."""
+    def _pause(self) -> float | None:
+        """Seconds before the next round, once every address failed; None
+        once past the deadline."""
         self.rounds += 1
         wait = RECONNECT.backoff(self.rounds)
         if self.deadline is not None:
             left = self.deadline - time.monotonic()
             if left <= 0:
-                raise unreachable(self.failures)
+                return None
             return min(wait, left)
         down = time.monotonic() - self.started
         if down >= DOWN_WARNING and not self.warned:
@@ -195,7 +219,47 @@ class Attempts:
             )
         return wait
 
+    def unreachable(self) -> BrokerUnreachable:
+        """The error once the rounds ended: every address, and why it failed."""
+        return unreachable(self.failures)
+
     def succeeded(self, host: str, port: int) -> None:
         if self.deadline is None:
             down = time.monotonic() - self.started
             log.info("reconnected to %s after %.1fs", address(host, port), down)
+
+
+class Attempt:
+    """One attempt at one address, made in ``with attempt:`` after sleeping
+    ``pause`` seconds: a failure a new attempt may mend (refused, timed out,
+    closed...) is noted and suppressed; one it cannot is raised."""
+
+    __slots__ = ("attempts", "host", "pause", "port")
+
+    def __init__(self, attempts: Attempts, host: str, port: int, pause: float) -> None:
+        self.attempts = attempts
+        self.host = host
+        self.port = port
+        self.pause = pause  # seconds to wait before this attempt: rounds are apart
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    @property
+    def timeout(self) -> float:
+        """Seconds this attempt (TCP, TLS, hello) may take, from now."""
+        return self.attempts.attempt_timeout()
+
+    def __enter__(self) -> Attempt:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> bool:
+        if exc is None:
+            self.attempts.succeeded(self.host, self.port)
+            return False
+        if isinstance(exc, ConveyorError | OSError | EOFError):
+            return self.attempts.failed(self.host, self.port, exc)
+        return False

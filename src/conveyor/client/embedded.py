@@ -17,10 +17,10 @@ from typing import Any
 from conveyor.broker import operations
 from conveyor.broker.broker import Broker
 from conveyor.broker.flow import CreditedConsumer, return_credit
+from conveyor.client.transport import PushHandler
 from conveyor.core.errors import BrokerClosed, ConveyorError, InvalidArgument
+from conveyor.core.tasks import TaskSet
 from conveyor.store.base import Store
-
-PushHandler = Any  # Callable[[list[Delivery] | ConveyorError], None]
 
 
 class EmbeddedTransport:
@@ -33,7 +33,7 @@ class EmbeddedTransport:
         self._started = False
         self._subs: dict[int, CreditedConsumer] = {}
         self._next_sub = 1
-        self._heartbeat: asyncio.Task[None] | None = None
+        self._tasks = TaskSet("embedded client")  # the session's heartbeat
 
     async def connect(self) -> None:
         if not self._started:
@@ -41,8 +41,8 @@ class EmbeddedTransport:
             self._started = True
 
     async def close(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
+        self._tasks.cancel()
+        await self._tasks.wait()
         for sub in self._subs.values():
             sub.stop()
         self._subs.clear()
@@ -57,7 +57,7 @@ class EmbeddedTransport:
         async with self._session_lock:
             if self._session is None:
                 self._session = await self.broker.open_session(self.name, capacity=max(1, capacity))
-                self._heartbeat = asyncio.get_running_loop().create_task(self._beat(self._session))
+                self._tasks.spawn(self._beat(self._session))
             return self._session
 
     async def _beat(self, session: str) -> None:
@@ -71,7 +71,7 @@ class EmbeddedTransport:
             except ConveyorError:
                 return
 
-    async def call(self, op: str, args: dict[str, Any]) -> Any:
+    async def call(self, op: str, args: dict[str, Any]) -> object:
         if not self._started:
             raise BrokerClosed("the client is not connected")
         if op in ("ack", "nack", "dead") and self._subs:

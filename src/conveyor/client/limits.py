@@ -5,9 +5,9 @@ A request over a limit would be refused anyway: a body or a batch by the
 broker with the same typed error, a frame by the broker's frame reader,
 which cannot tell which request it was and hangs up. Checked here, the call
 fails at once with an error that names the limit, nothing is sent, and the
-connection and every other call on it carry on. Both transports
-(native.py, blocking.py) run these checks; they cost a length comparison
-per message.
+connection and every other call on it carry on. The protocol's one client
+side (connection.py), under both transports, runs these checks; they cost
+a length comparison per message.
 """
 
 from __future__ import annotations

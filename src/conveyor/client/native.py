@@ -27,6 +27,13 @@ its hello reply before it is sent (limits.py), and frames are read up to the
 broker's ``max_frame``. A frame error on the connection (the broker's error
 frame with request id 0, or a frame this side cannot read) fails the calls
 in flight with that typed error and is never a reason to send them again.
+
+The protocol itself (handshake, frames, matching replies to requests,
+heartbeats' bookkeeping, limits, when to send a call again) is
+connection.py's, shared with the blocking transport; this module moves its
+bytes on asyncio streams and owns the tasks that do it (a ``TaskSet``: the
+connector, each connection's reader and heartbeat, releases), all cancelled
+and awaited on close.
 """
 
 from __future__ import annotations
@@ -37,35 +44,31 @@ import functools
 import logging
 import ssl
 import time
-from collections.abc import Callable
 from typing import Any
 
-from conveyor.client.connecting import (
-    Attempts,
-    BrokerUnreachable,
-    ConnectionLost,
-    address,
-    connection_error,
-    hello,
-    hello_reply_length,
-    welcome,
-)
-from conveyor.client.limits import check_frame, check_request
-from conveyor.core import wire
-from conveyor.core.errors import BrokerClosed, ConveyorError, error_for_code
+from conveyor.client.connecting import Attempts, BrokerUnreachable, ConnectionLost, address
+from conveyor.client.connection import Connection, Lost, Resend
+from conveyor.client.transport import PushHandler
+from conveyor.core.errors import BrokerClosed, ConveyorError
+from conveyor.core.tasks import TaskSet
 
 log = logging.getLogger("conveyor.client")
 
 __all__ = ["BrokerUnreachable", "ConnectionLost", "NativeTransport"]
 
-
-class _Lost(Exception):
-    """Internal: the current connection died under a call."""
-
-
 RELEASED = "released unhandled: the consumer was closed"
 
-PushHandler = Callable[[list[Any] | ConveyorError], None]
+
+class _Link:
+    """The live connection: its protocol state, the stream it writes to,
+    and the task that sends its heartbeats."""
+
+    __slots__ = ("beater", "conn", "writer")
+
+    def __init__(self, conn: Connection, writer: asyncio.StreamWriter) -> None:
+        self.conn = conn
+        self.writer = writer
+        self.beater: asyncio.Task[None] | None = None
 
 
 class NativeTransport:
@@ -88,14 +91,13 @@ class NativeTransport:
         self.ssl_context = ssl_context
         self.timeout = timeout
         self.connect_timeout = connect_timeout
-        self.heartbeat = heartbeat
+        self.heartbeat = heartbeat  # until the broker announces its own
         self.server_info: dict[str, Any] = {}
-        # Whether this client (or its blocking twin) ever reached the broker:
+        # Whether this client (or its blocking calls) ever reached the broker:
         # until then a connection is tried for connect_timeout, not timeout.
         self.connected_once = False
-        self._writer: asyncio.StreamWriter | None = None
-        self._pending: dict[int, asyncio.Future[Any]] = {}
-        self._next_rid = 1
+        self._link: _Link | None = None  # None while not connected
+        self._connections = 0  # made by this transport so far
         # Subscriptions by id. The client chooses the id and the server pushes
         # under it, so a push that overtakes the `consume` reply still finds
         # its handler; subscriptions are opened again after a reconnect, but
@@ -104,14 +106,11 @@ class NativeTransport:
         self._opening: set[int] = set()
         self._next_sub = 1
         self._received = False  # a receive was made: this client consumes
-        self._releases: set[asyncio.Task[None]] = set()
         self._connected = asyncio.Event()
-        self._connector: asyncio.Task[None] | None = None
-        self._reader_task: asyncio.Task[None] | None = None
-        self._beat_task: asyncio.Task[None] | None = None
-        self._last_in = time.monotonic()  # when the broker last sent anything
+        self._connector: asyncio.Task[ConveyorError | None] | None = None
+        self._tasks = TaskSet("conveyor client connection")  # connector, readers, heartbeats
+        self._releases = TaskSet("conveyor client releases")
         self._closed = False
-        self._generation = 0  # bumped on every new connection
 
     # -- connecting ---------------------------------------------------------
 
@@ -131,7 +130,7 @@ class NativeTransport:
         # its BrokerUnreachable says more than a call running out of time.
         wait = max(0.0, deadline - time.monotonic()) if self.connected_once else None
         try:
-            await asyncio.wait_for(asyncio.shield(connector), wait)
+            error = await asyncio.wait_for(asyncio.shield(connector), wait)
         except TimeoutError:
             raise ConnectionLost(
                 f"the connection was lost and not regained within {self.timeout:g}s"
@@ -141,42 +140,43 @@ class NativeTransport:
             if self._closed and current is not None and not current.cancelling():
                 raise BrokerClosed("the client is closed") from None  # not our caller's cancel
             raise
+        if error is not None:
+            raise error
 
-    def _start_connecting(self) -> asyncio.Task[None]:
+    def _start_connecting(self) -> asyncio.Task[ConveyorError | None]:
         """The one task that (re)connects, started if none runs."""
         if self._connector is None or self._connector.done():
             if not self.connected_once:
                 deadline: float | None = time.monotonic() + self.connect_timeout
-            elif self._consumes() and self._generation > 0:
+            elif self._consumes() and self._connections > 0:
                 deadline = None  # a consumer reconnects for as long as it is open
             else:
                 deadline = time.monotonic() + self.timeout
-            self._connector = asyncio.get_running_loop().create_task(self._reach(deadline))
+            self._connector = self._tasks.spawn(self._reach(deadline))
             self._connector.add_done_callback(self._connector_done)
         return self._connector
 
-    async def _reach(self, deadline: float | None) -> None:
+    async def _reach(self, deadline: float | None) -> ConveyorError | None:
+        """Connect; None once connected, else the error it gave up with
+        (returned, not raised: every caller waiting for it raises it)."""
         attempts = Attempts(self.addresses, deadline)
-        while True:
-            for host, port in self.addresses:
-                try:
-                    await asyncio.wait_for(
-                        self._connect_once(host, port), attempts.attempt_timeout()
-                    )
-                except (ConveyorError, OSError, EOFError) as exc:
-                    attempts.failed(host, port, exc)
-                    continue
-                attempts.succeeded(host, port)
-                return
-            await asyncio.sleep(attempts.pause())
+        try:
+            for attempt in attempts:
+                await asyncio.sleep(attempt.pause)
+                with attempt:
+                    await asyncio.wait_for(self._connect_once(*attempt.address), attempt.timeout)
+                    return None
+        except ConveyorError as exc:  # what a new attempt cannot mend: a bad token...
+            return exc
+        return attempts.unreachable()
 
-    def _connector_done(self, task: asyncio.Task[None]) -> None:
+    def _connector_done(self, task: asyncio.Task[ConveyorError | None]) -> None:
         """A connector that gave up (a token refused after a broker restart,
         say) ends the subscriptions: their consume loops raise its error."""
         if task.cancelled():
             return
-        exc = task.exception()
-        if isinstance(exc, ConveyorError) and not self._closed:
+        exc = task.result()
+        if exc is not None and not self._closed:
             specs, self._specs = self._specs, {}
             for _, _, handler in specs.values():
                 handler(exc)
@@ -185,40 +185,51 @@ class NativeTransport:
         reader, writer = await asyncio.open_connection(
             host, port, ssl=self.ssl_context, limit=1 << 20
         )
+        where = address(host, port)
+        conn = Connection(
+            where,
+            token=self.token,
+            name=self.name,
+            heartbeat=self.heartbeat,
+            on_push=self._pushed,
+            on_end=self._ended,
+        )
         try:
-            writer.write(hello(self.token, self.name))
-            head = await reader.readexactly(5)
-            length = hello_reply_length(head, address(host, port))
-            info = welcome(wire.decode(head[4:] + await reader.readexactly(length - 1)))
+            writer.write(conn.hello())
+            while not conn.ready:
+                answer = await reader.read(1 << 16)
+                if not answer:
+                    raise EOFError("closed during the handshake")
+                conn.feed(answer, time.monotonic())
         except BaseException:
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
             raise
-        self.server_info = info
-        frames = wire.FrameReader(int(info.get("max_frame", wire.DEFAULT_MAX_FRAME)))
-        self._writer = writer
-        self._generation += 1
-        loop = asyncio.get_running_loop()
-        self._reader_task = loop.create_task(self._read(reader, frames, self._generation))
-        self._beat_task = loop.create_task(self._beat(self._generation))
+        link = self._link = _Link(conn, writer)
+        self._connections += 1
+        self.server_info = conn.info
+        self._tasks.spawn(self._read(link, reader))
+        link.beater = self._tasks.spawn(self._beat(link))
         self._connected.set()
         self.connected_once = True
-        log.debug("connected to %s", address(host, port))
-        self._reopen_subscriptions()
+        log.debug("connected to %s", where)
+        self._reopen_subscriptions(link)
 
-    def _reopen_subscriptions(self) -> None:
+    def _reopen_subscriptions(self, link: _Link) -> None:
         """Open the subscriptions again on a new connection. Their `consume`
         requests are pipelined, not awaited: a failure ends the subscription
         (its queue was deleted meanwhile, say); a lost connection leaves it
         to the next one."""
+        loop = asyncio.get_running_loop()
         for sub, (queue, prefetch, _) in list(self._specs.items()):
             if sub not in self._opening:
                 args = {"queue": queue, "prefetch": prefetch, "sub": sub}
-                _, future = self._request("consume", args)
+                future: asyncio.Future[object] = loop.create_future()
+                link.writer.write(link.conn.request("consume", args, future)[1])
                 future.add_done_callback(functools.partial(self._reopened, sub))
 
-    def _reopened(self, sub: int, future: asyncio.Future[Any]) -> None:
+    def _reopened(self, sub: int, future: asyncio.Future[object]) -> None:
         if future.cancelled():
             return
         exc = future.exception()
@@ -227,22 +238,18 @@ class NativeTransport:
             if spec is not None:
                 spec[2](exc)
 
-    def _lost(self, generation: int, why: str, error: ConveyorError | None = None) -> None:
-        """The connection of ``generation`` is gone: calls in flight fail with
+    def _lost(self, link: _Link, why: str, error: ConveyorError | None = None) -> None:
+        """The connection ``link`` is gone: calls in flight fail with
         ``error`` (a frame error: never sent again) or are sent again on the
         next connection; a consumer starts reconnecting at once."""
-        if generation != self._generation or not self._connected.is_set():
+        if link is not self._link:
             return
+        self._link = None
         self._connected.clear()
-        if self._writer is not None:
-            self._writer.close()
-        self._writer = None
-        if self._beat_task is not None:
-            self._beat_task.cancel()
-        pending, self._pending = self._pending, {}
-        for future in pending.values():
-            if not future.done():
-                future.set_exception(error if error is not None else _Lost(why))
+        link.writer.close()
+        if link.beater is not None:
+            link.beater.cancel()
+        link.conn.fail(why, error)
         if self._closed:
             return
         if self._consumes():
@@ -252,71 +259,61 @@ class NativeTransport:
             log.info("connection lost: %s", why)
 
     async def close(self) -> None:
-        if self._releases:  # hand back what was released before closing
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*self._releases, return_exceptions=True), 1.0)
+        with contextlib.suppress(TimeoutError):  # hand back what was released before closing
+            await asyncio.wait_for(self._releases.wait(), 1.0)
         self._closed = True
         if self._connector is not None:
             self._connector.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._connector
-        writer = self._writer
-        self._lost(self._generation, "closed by the client")
-        if writer is not None:  # let the transport finish closing on this loop
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
-        for task in (self._reader_task, self._beat_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        link = self._link
+        if link is not None:
+            self._lost(link, "closed by the client")
+            with contextlib.suppress(Exception):  # let the transport finish closing on this loop
+                await asyncio.wait_for(link.writer.wait_closed(), 1.0)
+        await self._tasks.close()
+        await self._releases.close()
 
     # -- the connection's tasks ------------------------------------------------
 
-    async def _read(
-        self, reader: asyncio.StreamReader, frames: wire.FrameReader, generation: int
-    ) -> None:
+    async def _read(self, link: _Link, reader: asyncio.StreamReader) -> None:
         # A silent broker is noticed by _beat, which aborts the connection:
         # no timer per read on this path.
         try:
             while True:
                 chunk = await reader.read(1 << 16)
-                self._last_in = time.monotonic()
                 if not chunk:
                     raise OSError("closed by the broker")
-                for frame in frames.feed(chunk):
-                    self._dispatch(frame)
-        except asyncio.CancelledError:
-            raise
+                link.conn.feed(chunk, time.monotonic())
         except ConveyorError as exc:  # a frame error: the stream cannot be trusted
             log.warning("connection dropped: %s: %s", exc.code, exc.message)
-            self._lost(generation, f"{exc.code}: {exc.message}", exc)
+            self._lost(link, f"{exc.code}: {exc.message}", exc)
         except OSError as exc:
-            self._lost(generation, str(exc) or repr(exc))
+            self._lost(link, str(exc) or repr(exc))
 
-    def _dispatch(self, frame: list[Any]) -> None:
-        kind = frame[0]
-        if kind in (wire.REPLY, wire.ERROR):
-            if kind == wire.ERROR and frame[1] == 0:  # about the connection
-                connection_error(frame)
+    async def _beat(self, link: _Link) -> None:
+        while link is self._link:
+            await asyncio.sleep(link.conn.beat_every)
+            if link is not self._link:
                 return
-            future = self._pending.pop(frame[1], None)
-            if future is None or future.done():
+            try:
+                heartbeat = link.conn.beat(time.monotonic())
+            except Lost as exc:  # the broker was silent too long
+                self._lost(link, str(exc))
                 return
-            if kind == wire.REPLY:
-                future.set_result(frame[2])
-            else:
-                future.set_exception(error_for_code(frame[2], frame[3]))
-        elif kind == wire.PUSH:
-            spec = self._specs.get(frame[1])
-            if spec is None:  # pushed before the server saw our `cancel`
-                self.release(frame[2])
-            else:
-                spec[2](frame[2])
-        elif kind == wire.SUB_END:
-            spec = self._specs.pop(frame[1], None)
-            if spec is not None:
-                spec[2](error_for_code(frame[2], frame[3]))
+            link.writer.write(heartbeat)
+
+    def _pushed(self, sub: int, deliveries: list[Any]) -> None:
+        spec = self._specs.get(sub)
+        if spec is None:  # pushed before the server saw our `cancel`
+            self.release(deliveries)
+        else:
+            spec[2](deliveries)
+
+    def _ended(self, sub: int, error: ConveyorError) -> None:
+        spec = self._specs.pop(sub, None)
+        if spec is not None:
+            spec[2](error)
 
     def release(self, deliveries: list[Any]) -> None:
         """Hand back deliveries nobody will handle (their consumer is gone):
@@ -326,11 +323,8 @@ class NativeTransport:
             {"id": d["id"], "token": d["token"], "delay": 0.0, "error": RELEASED}
             for d in deliveries
         ]
-        if not items or self._closed:
-            return
-        task = asyncio.get_running_loop().create_task(self._release(items))
-        self._releases.add(task)
-        task.add_done_callback(self._releases.discard)
+        if items and not self._closed:
+            self._releases.spawn(self._release(items))
 
     async def _release(self, items: list[dict[str, Any]]) -> None:
         try:
@@ -338,64 +332,42 @@ class NativeTransport:
         except ConveyorError as exc:  # the session ended: the broker released them
             log.debug("releasing %d deliveries: %s", len(items), exc)
 
-    async def _beat(self, generation: int) -> None:
-        heartbeat = float(self.server_info.get("heartbeat", self.heartbeat))
-        self._last_in = time.monotonic()
-        while generation == self._generation and self._writer is not None:
-            await asyncio.sleep(heartbeat / 2)
-            if self._writer is None or generation != self._generation:
-                return
-            silent = time.monotonic() - self._last_in
-            if silent > 3 * heartbeat:
-                self._lost(generation, f"the broker was silent for {silent:.1f}s")
-                return
-            self._writer.write(wire.HEARTBEAT_FRAME)
-
     # -- calls ----------------------------------------------------------------
 
-    async def call(self, op: str, args: dict[str, Any]) -> Any:
-        """One request; sent again on a new connection if this one dies."""
-        deadline = time.monotonic() + self.timeout
+    async def call(self, op: str, args: dict[str, object]) -> object:
+        """One request; sent again on a new connection if this one dies
+        (connection.Resend decides until when)."""
         if op == "receive":
             self._received = True
+        deadline = time.monotonic() + self.timeout
+        resend: Resend | None = None  # made on the first loss only: most calls have none
         while True:
             await self._ensure_connected(deadline)
             try:
                 return await self._send(op, args)
-            except _Lost as exc:
-                if time.monotonic() > deadline:
-                    raise ConnectionLost(
-                        f"{op}: connection lost ({exc}) and not regained"
-                    ) from None
+            except Lost as exc:
+                resend = resend or Resend(op, deadline)
+                await asyncio.sleep(resend.after(exc, time.monotonic()))
 
-    async def _send(self, op: str, args: dict[str, Any]) -> Any:
-        rid, future = self._request(op, args)
+    async def _send(self, op: str, args: dict[str, object]) -> object:
+        link = self._link
+        if link is None:
+            raise Lost("not connected")
+        # Written here, not in a helper: this is every call's path.
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        rid, data = link.conn.request(op, args, future)  # over a limit: raises, unsent
+        writer = link.writer
+        writer.write(data)
         try:
-            writer = self._writer
-            if writer is not None and writer.transport.get_write_buffer_size() > 1 << 20:
+            if writer.transport.get_write_buffer_size() > 1 << 20:
                 try:
                     await writer.drain()
                 except OSError as exc:
-                    raise _Lost(str(exc) or repr(exc)) from None
+                    raise Lost(str(exc) or repr(exc)) from None
             return await future
         finally:
-            self._pending.pop(rid, None)
-
-    def _request(self, op: str, args: dict[str, Any]) -> tuple[int, asyncio.Future[Any]]:
-        """Write one request; the future of its reply. A request over the
-        broker's limits raises here, unsent."""
-        writer = self._writer
-        if writer is None:
-            raise _Lost("not connected")
-        check_request(op, args, self.server_info)
-        rid = self._next_rid
-        data = wire.request(rid, op, args)
-        check_frame(op, len(data) - 4, self.server_info)
-        self._next_rid += 1
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[rid] = future
-        writer.write(data)
-        return rid, future
+            if not future.done():  # cancelled: its reply, if any, is dropped
+                link.conn.forget(rid)
 
     async def subscribe(self, queue: str, prefetch: int, handler: PushHandler) -> int:
         """Have deliveries of ``queue`` pushed to ``handler``, at most
@@ -418,5 +390,5 @@ class NativeTransport:
     async def unsubscribe(self, sub: int) -> None:
         """End a subscription; deliveries still on their way are released."""
         if self._specs.pop(sub, None) is not None and self._connected.is_set():
-            with contextlib.suppress(ConveyorError, _Lost):
+            with contextlib.suppress(ConveyorError, Lost):
                 await self._send("cancel", {"sub": sub})

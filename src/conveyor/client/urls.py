@@ -26,8 +26,8 @@ import os
 import re
 import ssl
 import urllib.parse
-from typing import Any
 
+from conveyor.client.transport import Transport
 from conveyor.core.errors import InvalidArgument
 
 DEFAULT_URL = "conveyor://127.0.0.1:7710"
@@ -89,7 +89,7 @@ def open_transport(
     timeout: float = 30.0,
     connect_timeout: float = 1.0,
     token: str | None = None,
-) -> Any:
+) -> Transport:
     """The transport for a URL (not yet connected)."""
     try:
         parsed = urllib.parse.urlsplit(url)

@@ -21,18 +21,21 @@ import functools
 import inspect
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack, overload
+from typing import Generic, ParamSpec, TypedDict, TypeVar, Unpack, overload
 
 from conveyor.client.aio import AsyncClient
 from conveyor.client.sync import Client
 from conveyor.core.errors import InvalidArgument, TaskFailed
-from conveyor.core.types import NewMessage, ResultStatus
+from conveyor.core.types import EnqueueResult, NewMessage, Result, ResultStatus
 from conveyor.worker.middleware.base import Middleware, default_middleware
 from conveyor.worker.serializers import JsonSerializer, Serializer
 from conveyor.worker.tracebacks import exception_line
 
 P = ParamSpec("P")
 R = TypeVar("R")
+# What a task returns: covariant, so that a Task[[str], int] is a Task[..., object].
+R_co = TypeVar("R_co", covariant=True)
+T = TypeVar("T")
 TASK_HEADER = "task"
 
 
@@ -45,27 +48,29 @@ class Retry(Exception):
         self.delay = delay
 
 
-class TaskHandle(Generic[R]):
+class TaskHandle(Generic[R_co]):
     """A task that was enqueued: its message id, and a way to its result."""
 
     def __init__(
-        self, app: App, task: Task[Any, R], message_id: str, duplicate: bool = False
+        self, app: App, task: Task[..., R_co], message_id: str, duplicate: bool = False
     ) -> None:
         self.app = app
         self.task = task
         self.id = message_id
         self.duplicate = duplicate
 
-    def result(self, timeout: float = 30.0) -> R:
+    def result(self, timeout: float = 30.0) -> R_co:
         """Wait for the return value; TaskFailed if the task failed for good."""
         return self._decode(self.app.client().result(self.id, timeout=timeout))
 
-    async def aresult(self, timeout: float = 30.0) -> R:
+    async def aresult(self, timeout: float = 30.0) -> R_co:
+        """``result`` for async code."""
         return self._decode(await (await self.app.async_client()).result(self.id, timeout=timeout))
 
-    def _decode(self, result: Any) -> R:
+    def _decode(self, result: Result) -> R_co:
         if result.status == ResultStatus.OK:
-            value: R = self.app.serializer.loads(result.body) if result.body else None  # type: ignore[assignment]
+            # The serializer gives back what the task returned, as it encoded it.
+            value: R_co = self.app.serializer.loads(result.body) if result.body else None  # type: ignore[assignment]
             return value
         error = result.error or ""
         why = exception_line(error) or "no error recorded"
@@ -92,13 +97,13 @@ class TaskOptions(TypedDict, total=False):
     dedup_key: KeyFn
 
 
-class Task(Generic[P, R]):
+class Task(Generic[P, R_co]):
     """A function registered with an App; call it as usual, or ``delay`` it."""
 
     def __init__(
         self,
         app: App,
-        fn: Callable[P, R],
+        fn: Callable[P, R_co],
         *,
         name: str,
         queue: str,
@@ -124,7 +129,7 @@ class Task(Generic[P, R]):
         self.is_async = inspect.iscoroutinefunction(fn)
         functools.update_wrapper(self, fn)
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co:
         return self.fn(*args, **kwargs)
 
     def __repr__(self) -> str:
@@ -132,8 +137,8 @@ class Task(Generic[P, R]):
 
     def message(
         self,
-        args: Sequence[Any] = (),
-        kwargs: Mapping[str, Any] | None = None,
+        args: Sequence[object] = (),
+        kwargs: Mapping[str, object] | None = None,
         *,
         priority: int | None = None,
         delay: float | None = None,
@@ -154,23 +159,26 @@ class Task(Generic[P, R]):
             max_attempts=self.max_attempts,
         )
         for middleware in self.app.middleware:
-            message = self.app.hook(middleware.before_enqueue, self, message) or message
+            changed = self.app.hook(middleware.before_enqueue, self, message)
+            message = changed or message
         return message
 
-    def delay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R_co]:
         """Enqueue a run with these arguments; returns once it is stored."""
         return self.enqueue(args, kwargs)
 
     def enqueue(
         self,
-        args: Sequence[Any] = (),
-        kwargs: Mapping[str, Any] | None = None,
+        args: Sequence[object] = (),
+        kwargs: Mapping[str, object] | None = None,
         *,
         priority: int | None = None,
         delay: float | None = None,
         group: str | None = None,
         dedup_key: str | None = None,
-    ) -> TaskHandle[R]:
+    ) -> TaskHandle[R_co]:
+        """``delay`` with the arguments as a sequence and a mapping, and the
+        message's options (None: the task's)."""
         message = self.message(
             args, kwargs, priority=priority, delay=delay, group=group, dedup_key=dedup_key
         )
@@ -180,8 +188,8 @@ class Task(Generic[P, R]):
         return self._handle(message, result)
 
     def delay_many(
-        self, calls: Iterable[Sequence[Any] | tuple[Sequence[Any], Mapping[str, Any]]]
-    ) -> list[TaskHandle[R]]:
+        self, calls: Iterable[Sequence[object] | tuple[Sequence[object], Mapping[str, object]]]
+    ) -> list[TaskHandle[R_co]]:
         """Enqueue many runs in one atomic round trip. Each item is a tuple of
         positional arguments, or an ``(args, kwargs)`` pair."""
         messages = [self.message(*_split_call(call)) for call in calls]
@@ -192,7 +200,7 @@ class Task(Generic[P, R]):
         results = client.enqueue_many(self.queue, messages)
         return [self._handle(m, r) for m, r in zip(messages, results, strict=True)]
 
-    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R_co]:
         """``delay`` for async code."""
         message = self.message(args, kwargs)
         client = await self.app.async_client()
@@ -200,13 +208,13 @@ class Task(Generic[P, R]):
         (result,) = await client.enqueue_many(self.queue, [message])
         return self._handle(message, result)
 
-    def _handle(self, message: NewMessage, result: Any) -> TaskHandle[R]:
+    def _handle(self, message: NewMessage, result: EnqueueResult) -> TaskHandle[R_co]:
         for middleware in self.app.middleware:
             self.app.hook(middleware.after_enqueue, self, message, result.id)
         return TaskHandle(self.app, self, result.id, result.duplicate)
 
 
-def _split_call(call: Any) -> tuple[Sequence[Any], Mapping[str, Any] | None]:
+def _split_call(call: object) -> tuple[Sequence[object], Mapping[str, object] | None]:
     if (
         isinstance(call, tuple)
         and len(call) == 2
@@ -221,7 +229,7 @@ def _split_call(call: Any) -> tuple[Sequence[Any], Mapping[str, Any] | None]:
     )
 
 
-def _key(key: KeyFn, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str | None:
+def _key(key: KeyFn, args: Sequence[object], kwargs: Mapping[str, object]) -> str | None:
     if key is None or isinstance(key, str):
         return key
     value = key(*args, **kwargs)
@@ -243,7 +251,7 @@ class App:
         self.middleware: list[Middleware] = list(
             default_middleware() if middleware is None else middleware
         )
-        self.tasks: dict[str, Task[Any, Any]] = {}
+        self.tasks: dict[str, Task[..., object]] = {}
         self._client: Client | None = None
         self._async_client: AsyncClient | None = None
         self._queues: set[str] = set()
@@ -273,7 +281,7 @@ class App:
         backoff: float | Callable[[int], float] | None = None,
         group: KeyFn = None,
         dedup_key: KeyFn = None,
-    ) -> Any:
+    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Register a function as a task (``@app.task`` or ``@app.task(...)``)."""
 
         def register(f: Callable[P, R]) -> Task[P, R]:
@@ -323,7 +331,7 @@ class App:
             await client.create_queue(queue)
             self._queues.add(queue)
 
-    def hook(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def hook(self, fn: Callable[..., T], *args: object) -> T | None:
         """Run one middleware hook; a failing hook is logged, never fatal."""
         try:
             return fn(*args)

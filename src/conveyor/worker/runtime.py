@@ -45,12 +45,13 @@ import signal
 import socket
 import sys
 import time
-from typing import Any
+from collections.abc import Awaitable
 
 from conveyor.client.aio import AsyncClient, Delivery
 from conveyor.client.connecting import RECONNECT, ConnectionLost
 from conveyor.core import eventloop
 from conveyor.core.errors import ConveyorError, InvalidArgument, LeaseLost, QueueNotFound
+from conveyor.core.tasks import TaskSet
 from conveyor.worker.app import TASK_HEADER, App, Task
 from conveyor.worker.context import TaskContext
 from conveyor.worker.leases import LeaseKeeper
@@ -133,10 +134,13 @@ class Worker:
         self.completed = 0
         self._stopping = asyncio.Event()
         self._signals = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        # Every task the worker starts is one of these, cancelled at the end
+        # of ``run`` if it still runs: the deliveries running, and those
+        # given back from the backlog.
+        self._tasks = TaskSet("worker tasks")
+        self._giving_back = TaskSet("worker give-backs")
         # Deliveries waiting for a free slot, with the monotonic time each came.
         self._backlog: collections.deque[tuple[Delivery, float]] = collections.deque()
-        self._giving_back: set[asyncio.Task[None]] = set()
         # The slots taken: deliveries (id, token) started and not yet run.
         self._running: set[tuple[str, int]] = set()
 
@@ -169,12 +173,11 @@ class Worker:
             await client.close()
             raise
         await self.pool.start()
+        consumers = TaskSet("worker consumers")
         try:
             share, extra = divmod(self.prefetch, len(self.queues))
-            consumers = [
-                asyncio.create_task(self._consume(client, q, max(1, share + (i < extra))))
-                for i, q in enumerate(self.queues)
-            ]
+            for i, queue in enumerate(self.queues):
+                consumers.spawn(self._consume(client, queue, max(1, share + (i < extra))))
             log.info(
                 "%s: consuming %s, concurrency %d",
                 self.name,
@@ -182,16 +185,20 @@ class Worker:
                 self.concurrency,
             )
             await self._stopping.wait()
-            for consumer in consumers:
-                consumer.cancel()
-            await asyncio.gather(*consumers, return_exceptions=True)
+            await consumers.close()
             backlog = [delivery for delivery, _ in self._backlog]
             self._backlog.clear()
             await asyncio.gather(*(self._give_back(d) for d in backlog))
             await self._drain()
         finally:
+            self.stop()  # if it ends otherwise (cancelled): nothing new starts
+            await consumers.close()
             await self.pool.close()
             await client.close()
+            # Past the grace period: what still runs is given up on (the
+            # broker releases its leases with the connection's session).
+            await self._tasks.close()
+            await self._giving_back.close()
             log.info("%s: stopped after %d tasks", self.name, self.completed)
 
     async def _reach_broker(self, client: AsyncClient) -> bool:
@@ -225,10 +232,11 @@ class Worker:
         log.info(
             "%s: waiting up to %gs for %d running tasks", self.name, self.grace, len(self._tasks)
         )
-        _, pending = await asyncio.wait(self._tasks, timeout=self.grace)
-        if pending:
+        try:
+            await asyncio.wait_for(self._tasks.wait(), self.grace)
+        except TimeoutError:
             log.warning(
-                "%s: %d tasks still running after the grace period", self.name, len(pending)
+                "%s: %d tasks still running after the grace period", self.name, len(self._tasks)
             )
 
     async def _consume(self, client: AsyncClient, queue: str, prefetch: int) -> None:
@@ -259,12 +267,10 @@ class Worker:
         starts with no round trip to the broker in between."""
         slot = (delivery.id, delivery.token)
         self._running.add(slot)
-        task = asyncio.create_task(self._handle(delivery, received))
-        self._tasks.add(task)
+        task = self._tasks.spawn(self._handle(delivery, received))
         task.add_done_callback(functools.partial(self._ended, slot))
 
     def _ended(self, slot: tuple[str, int], task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
         self._ran(slot)  # if the task ended before it said so itself
 
     def _ran(self, slot: tuple[str, int]) -> None:
@@ -282,9 +288,7 @@ class Worker:
                 continue
             log.warning("%s: lease of %s ran out in the backlog", self.name, delivery.id)
             # Settling it, even too late, gives its credit back.
-            giving = asyncio.create_task(self._give_back(delivery))
-            self._giving_back.add(giving)
-            giving.add_done_callback(self._giving_back.discard)
+            self._giving_back.spawn(self._give_back(delivery))
 
     async def _give_back(self, delivery: Delivery) -> None:
         with contextlib.suppress(ConveyorError):
@@ -355,7 +359,7 @@ class Worker:
             outcome = delivery.dead(reason or "failed")
         await self._settle_quietly(outcome)
 
-    async def _settle_quietly(self, outcome: Any) -> None:
+    async def _settle_quietly(self, outcome: Awaitable[None]) -> None:
         try:
             await outcome
         except LeaseLost as exc:
