@@ -70,7 +70,6 @@ from conveyor.store.postgres.writer import Job, SetwiseRoundWriter
 log = logging.getLogger("conveyor.store.postgres")
 
 T = TypeVar("T")
-RETRIES = 8  # runs of one pooled transaction that hit a deadlock
 WRITER_LANES = 2  # group-commit rounds in flight at once, each on a connection of its own
 HOUSEKEEPING_EVERY = 1.0  # seconds (of the callers' clock) between dedup/result sweeps
 
@@ -229,15 +228,15 @@ class PostgresStore:
         if self._pool is None:
             raise BrokerClosed("the store is closed")
         pool = self._pool
-        for attempt in range(RETRIES):
+        for attempt in range(1, driver.TRANSIENT_RUNS + 1):
             try:
                 async with pool.acquire() as conn:
                     return await fn(conn)
             except ConveyorError:
                 raise
             except Exception as exc:
-                if driver.is_transient(exc) and attempt + 1 < RETRIES:
-                    await asyncio.sleep(0.002 * 2**attempt)
+                if driver.is_transient(exc) and attempt < driver.TRANSIENT_RUNS:
+                    await asyncio.sleep(driver.TRANSIENT_BACKOFF.backoff(attempt))
                     continue
                 failure = driver.translate(exc)
                 if failure is exc:

@@ -44,8 +44,6 @@ from conveyor.store.postgres import driver
 
 log = logging.getLogger("conveyor.store.postgres")
 
-RETRIES = 8  # runs of one round that hit a transient error
-
 
 class Job:
     __slots__ = ("future", "kind", "op", "result")
@@ -146,16 +144,16 @@ class SetwiseRoundWriter:
 
     async def _attempt(self, lane: int, batch: list[Job]) -> BaseException | None:
         """Run the round, again after transient errors; the error that ended it."""
-        for attempt in range(RETRIES):
+        for attempt in range(1, driver.TRANSIENT_RUNS + 1):
             for job in batch:
                 job.result = (False, None)
             try:
                 async with self._connection(lane) as conn:
                     await self._run_round(conn, batch)
             except Exception as exc:
-                if driver.is_transient(exc) and attempt + 1 < RETRIES:
+                if driver.is_transient(exc) and attempt < driver.TRANSIENT_RUNS:
                     self.retries += 1
-                    await asyncio.sleep(0.002 * 2**attempt)
+                    await asyncio.sleep(driver.TRANSIENT_BACKOFF.backoff(attempt))
                     continue
                 return exc
             return None
