@@ -10,7 +10,9 @@
 #   scripts/mutation.sh 'conveyor.core.retry*'    # only these mutants (mutmut's names)
 #
 # What is mutated, and the fast tests that decide it:
-#   sqlite (default)  src/conveyor/core/*, store/sqlite/messages.py (enqueue,
+#   sqlite (default)  src/conveyor/core/* (core/transitions.py decides every
+#                     transition), what both stores share (store/mapping.py,
+#                     store/effects.py), store/sqlite/messages.py (enqueue,
 #                     claim, ack, nack, extend, dead, release, sweep);
 #                     tests/unit and tests/conformance on the SQLite stores
 #                     (file and memory), but test_volume.py (slow, and it
@@ -46,7 +48,7 @@ export CONVEYOR_STATEFUL_SCALE="${CONVEYOR_STATEFUL_SCALE:-0.05}"
 
 case "$store" in
     sqlite)
-        mutate='"src/conveyor/core/*", "src/conveyor/store/sqlite/messages.py"'
+        mutate='"src/conveyor/core/*", "src/conveyor/store/mapping.py", "src/conveyor/store/effects.py", "src/conveyor/store/sqlite/messages.py"'
         tests='"tests/unit", "tests/conformance", "-k", "not postgres"'
         ;;
     postgres)

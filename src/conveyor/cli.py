@@ -167,15 +167,15 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     url: str = args.store
 
     async def main() -> str:
-        if url.startswith(("postgresql://", "postgres://")):
+        from conveyor.store.urls import open_store
+
+        store = open_store(url)
+        if store.capabilities.name == "postgres":  # migrate, and say what was applied
             from conveyor.store.postgres.migrate import migrate_url
 
             schema, applied = await migrate_url(url)
             done = ", ".join(map(str, applied)) if applied else "none: up to date"
             return f"schema {schema}: migrations applied: {done}"
-        from conveyor.server.service import ServiceOptions, open_store
-
-        store = open_store(ServiceOptions(store_url=url))
         await store.open()  # SQLite migrates when it opens
         await store.close()
         return "migrated (SQLite migrates at open)"

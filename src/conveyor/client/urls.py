@@ -119,34 +119,9 @@ def open_transport(
             timeout=timeout,
             connect_timeout=connect_timeout,
         )
-    if scheme in ("sqlite", "memory"):
+    if scheme in ("sqlite", "memory", "postgresql", "postgres"):
         from conveyor.client.embedded import EmbeddedTransport
-        from conveyor.store.sqlite.store import SqliteStore
+        from conveyor.store.urls import open_store
 
-        if scheme == "memory":
-            store = SqliteStore(None, durability="memory")
-        else:
-            path = url.split("://", 1)[1].split("?", 1)[0]
-            if not path.startswith("/") or len(path) < 2:
-                raise InvalidArgument(
-                    f"bad sqlite URL {redact(url)!r}: sqlite:///relative.db or sqlite:////abs.db"
-                )
-            durability = query.get("durability", "fsync")
-            if durability not in ("fsync", "os"):
-                raise InvalidArgument(
-                    "durability of a sqlite URL is fsync or os (memory:// for memory)"
-                )
-            store = SqliteStore(path[1:], durability=durability)  # type: ignore[arg-type]
-        return EmbeddedTransport(store, name=name)
-    if scheme in ("postgresql", "postgres"):
-        from conveyor.client.embedded import EmbeddedTransport
-
-        try:
-            from conveyor.store.postgres.store import PostgresStore
-        except ImportError as exc:
-            raise InvalidArgument(
-                f"a PostgreSQL store needs asyncpg ({exc.name} is missing):"
-                " pip install 'conveyor-queue[postgres]'"
-            ) from None
-        return EmbeddedTransport(PostgresStore(url), name=name)
+        return EmbeddedTransport(open_store(url), name=name)
     raise InvalidArgument(f"unsupported broker URL {redact(url)!r}: use {SCHEMES}")

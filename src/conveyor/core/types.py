@@ -18,6 +18,7 @@ class MessageState(enum.IntEnum):
     SCHEDULED = 1  # delayed or backing off: not visible before available_at
     LEASED = 2  # held by one consumer session until its lease deadline
     DEAD = 3  # in the queue's dead-letter list
+    BLOCKED = 4  # in a group, waiting behind the group's head (counted as ready)
 
 
 class QueueConfig(msgspec.Struct, frozen=True, kw_only=True):

@@ -29,6 +29,7 @@ from conveyor.broker.config import BrokerConfig
 from conveyor.core.errors import InvalidArgument
 from conveyor.server import native
 from conveyor.server.native import NativeServer
+from conveyor.store import urls as store_urls
 from conveyor.store.base import Store
 
 if TYPE_CHECKING:
@@ -60,30 +61,8 @@ class ServiceOptions:
 
 
 def open_store(options: ServiceOptions) -> Store:
-    from conveyor.store.sqlite.store import SqliteStore
-
-    url = options.store_url
-    if url is None:
-        if options.durability == "memory":
-            return SqliteStore(None, durability="memory")
-        return SqliteStore(options.data / "conveyor.db", durability=options.durability)  # type: ignore[arg-type]
-    if url.startswith("sqlite:///"):
-        return SqliteStore(url[len("sqlite:///") :], durability=options.durability)  # type: ignore[arg-type]
-    if url.startswith("memory://"):
-        return SqliteStore(None, durability="memory")
-    if url.startswith(("postgresql://", "postgres://")):
-        # Durability is the database's (synchronous_commit): --durability is for SQLite.
-        try:
-            from conveyor.store.postgres.store import PostgresStore
-        except ImportError as exc:
-            raise InvalidArgument(
-                f"a PostgreSQL store needs asyncpg ({exc.name} is missing):"
-                " pip install 'conveyor-queue[postgres]'"
-            ) from None
-        return PostgresStore(url)
-    raise InvalidArgument(
-        f"unsupported store URL {url!r}: sqlite:///path.db, memory:// or postgresql://..."
-    )
+    """The store the options name (store/urls.py opens every store URL)."""
+    return store_urls.open_store(options.store_url, options.durability, data=options.data)
 
 
 MAX_TOKEN_FILE = 4096  # bytes of a token file

@@ -34,6 +34,34 @@ from conveyor.core.types import (
 )
 
 
+class CommitMeter:
+    """What a store's group commit measures, for operations people and
+    /metrics (Store.metrics): commits, the operations they carried, and the
+    time they took."""
+
+    __slots__ = ("commits", "operations", "seconds", "seconds_max")
+
+    def __init__(self) -> None:
+        self.commits = 0
+        self.operations = 0
+        self.seconds = 0.0
+        self.seconds_max = 0.0  # the longest commit since start
+
+    def record(self, operations: int, seconds: float) -> None:
+        self.commits += 1
+        self.operations += operations
+        self.seconds += seconds
+        self.seconds_max = max(self.seconds_max, seconds)
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "commits_total": self.commits,
+            "commit_operations_total": self.operations,
+            "commit_seconds_total": self.seconds,
+            "commit_seconds_max": self.seconds_max,
+        }
+
+
 class StoreCapabilities(msgspec.Struct, frozen=True):
     """What a store can do, declared rather than discovered by failing."""
 
@@ -63,6 +91,9 @@ class EnqueueOp(msgspec.Struct, frozen=True):
 # the frame it is sent in.
 MESSAGE_OVERHEAD = 4096
 DEFAULT_MAX_REPLY_BYTES = 16 * 1024 * 1024
+# Rows of each kind (expired sessions, leases, TTLs...) one pass of a
+# store's sweep takes at most: keeps each monitor transaction short.
+SWEEP_LIMIT = 5000
 
 
 def delivery_size(body: int, headers: int) -> int:

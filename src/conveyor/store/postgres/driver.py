@@ -14,6 +14,7 @@ from typing import Any, LiteralString, Protocol, cast
 import asyncpg  # type: ignore[import-untyped]
 
 from conveyor.core.errors import ConveyorError, InvalidArgument, StoreError
+from conveyor.core.retry import RetryPolicy
 from conveyor.store.postgres.options import PostgresOptions
 
 
@@ -104,6 +105,13 @@ async def create_pool(options: PostgresOptions) -> Pool:
 class RetryTransaction(Exception):
     """Raised inside a transaction that saw another node's commit too late
     (a dedup or idempotency key taken meanwhile): run it again."""
+
+
+# A transaction that failed with a transient error (is_transient) runs again
+# after 2, 4, 8... ms, at most this many times in all: a pooled operation, or
+# a round of the writer.
+TRANSIENT_RUNS = 8
+TRANSIENT_BACKOFF = RetryPolicy(base=0.002, cap=1.0, jitter=0.0)
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -29,21 +29,22 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from conveyor.core.errors import ConveyorError, QueueFull, QueueNotFound
+from conveyor.core.errors import ConveyorError, QueueNotFound
 from conveyor.core.ids import format_id
 from conveyor.core.ring import bucket_of
+from conveyor.core.transitions import BLOCKED, check_room, initial_state
 from conveyor.core.types import EnqueueResult, PreparedMessage, QueueConfig
 from conveyor.store.base import EnqueueOp
+from conveyor.store.mapping import encode_headers
 from conveyor.store.postgres.driver import RetryTransaction
-from conveyor.store.postgres.messages import BLOCKED, HEAD_RACES, READY, SCHEDULED
-from conveyor.store.postgres.node import Effects, NodeState
+from conveyor.store.postgres.messages import HEAD_RACES
+from conveyor.store.postgres.node import CountDeltas, NodeState
 from conveyor.store.postgres.queries import Q
 
 if TYPE_CHECKING:
     from conveyor.store.postgres.driver import Connection
     from conveyor.store.postgres.writer import Job
 
-_encode_headers = msgspec.json.Encoder().encode
 _replies = msgspec.msgpack.Decoder(list[list[EnqueueResult]])
 Replies = list[list[EnqueueResult]]
 Row = tuple[Any, ...]  # the 13 columns of messages_insert
@@ -84,7 +85,7 @@ class Plan:
 
 
 async def enqueue_round(
-    conn: Connection, node: NodeState, jobs: list[Job], first_id: int, fx: Effects
+    conn: Connection, node: NodeState, jobs: list[Job], first_id: int, fx: CountDeltas
 ) -> None:
     ops: list[EnqueueOp] = [job.op for job in jobs]
     reads = await _read(conn, node, ops)
@@ -216,13 +217,12 @@ def _decide_batch(
             mine.dedup[key] = (mine.next_id, op.now + config.dedup_window)
         seq, mine.next_id = mine.next_id, mine.next_id + 1
         group = (queue, m.group) if m.group is not None else None
-        behind = group in mine.heads or group in plan.heads or group in reads.heads
-        if group is not None and behind:
-            state = BLOCKED
-        else:
-            state = SCHEDULED if m.available_at > op.now else READY
-            if group is not None:
-                mine.heads.add(group)
+        behind = group is not None and (
+            group in mine.heads or group in plan.heads or group in reads.heads
+        )
+        state = initial_state(m.available_at, op.now, behind)
+        if group is not None and not behind:
+            mine.heads.add(group)
         # The bucket by the settings read (and locked) now: another node's
         # broker may not have seen a change of the bucket count yet.
         bucket = bucket_of(m.group, config.buckets) if m.group is not None else None
@@ -231,11 +231,7 @@ def _decide_batch(
         count += 1
     if count and config.max_length is not None:
         depth = reads.depths.get(queue, 0) + plan.added.get(queue, 0) + mine.added.get(queue, 0)
-        if depth + count > config.max_length:
-            raise QueueFull(
-                f"queue {queue!r} holds {depth} of at most {config.max_length} messages;"
-                f" {count} more do not fit"
-            )
+        check_room(queue, config.max_length, depth, count)
     if count:
         mine.added[queue] = mine.added.get(queue, 0) + count
     return results
@@ -244,12 +240,12 @@ def _decide_batch(
 def _row(
     seq: int, queue: str, state: int, m: PreparedMessage, bucket: int | None, now: float
 ) -> Row:
-    headers = _encode_headers(m.headers) if m.headers else None
+    headers = encode_headers(m.headers) if m.headers else None
     return (seq, queue, state, m.priority, m.available_at, m.expires_at, m.body, headers,
             m.dedup_key, m.group, bucket, m.max_attempts, now)  # fmt: skip
 
 
-async def _write(conn: Connection, plan: Plan, now: float, fx: Effects) -> None:
+async def _write(conn: Connection, plan: Plan, now: float, fx: CountDeltas) -> None:
     if plan.replies:
         keys = list(plan.replies)
         stored = await conn.fetch(
@@ -277,7 +273,7 @@ async def _write(conn: Connection, plan: Plan, now: float, fx: Effects) -> None:
         return
     await _insert_rows(conn, plan.rows)
     for queue, count in plan.added.items():
-        fx.add(queue, "depth", count)
+        fx.depth(queue, count)
         fx.add(queue, "enqueued", count)
         fx.notify.add(queue)
 

@@ -24,6 +24,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from conveyor.core.errors import ConveyorError
+from conveyor.core.retry import RetryPolicy
 from conveyor.store.postgres import driver
 from conveyor.store.postgres.options import PostgresOptions
 from conveyor.store.postgres.queries import Q
@@ -31,6 +32,7 @@ from conveyor.store.postgres.queries import Q
 log = logging.getLogger("conveyor.store.postgres")
 
 PING_EVERY = 5.0  # seconds between checks that the listening connection lives
+RELISTEN = RetryPolicy(base=0.1, cap=5.0, jitter=0.0)  # waits between tries to LISTEN again
 
 
 def channel_for(schema: str) -> str:
@@ -131,7 +133,7 @@ class NotificationListener:
     async def _listen_again(self) -> None:
         """A new listening connection, retried with backoff for as long as
         it takes (each failure at DEBUG: the WARNING said it once)."""
-        delay = 0.1
+        failures = 0
         while True:
             if self._conn is not None:
                 self._conn.terminate()
@@ -140,9 +142,10 @@ class NotificationListener:
                 self._conn = await self._listen()
                 return
             except Exception as exc:
+                failures += 1
+                delay = RELISTEN.backoff(failures)
                 log.debug("cannot LISTEN yet (%s); trying again in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
     async def _wake_all(self) -> None:
         """Every queue looks again, for what was missed meanwhile."""

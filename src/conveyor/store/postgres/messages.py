@@ -3,7 +3,9 @@
 Claims run each in a transaction of their own on a pooled connection; acks,
 nacks, extensions and dead-letterings arrive as the jobs of one group-commit
 round (writer.py) and are settled together, one set-based statement per step
-for the whole round. Table layout and invariants: migrations/0001.
+for the whole round. What becomes of each message is decided in
+core/transitions.py, a message at a time; rows become the broker's values
+in store/mapping.py. Table layout and invariants: migrations/0001.
 
 Leaks (what differs from SQLite, where one writer on the event loop runs
 every transition, one after the other): here transactions of several nodes
@@ -27,45 +29,35 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
-from conveyor.core.errors import LeaseLost, QueueNotFound, SessionNotFound
+from conveyor.core.errors import QueueNotFound, SessionNotFound
 from conveyor.core.ids import format_id, parse_id
-from conveyor.core.retry import RetryPolicy
-from conveyor.core.types import (
-    Ack,
-    Dead,
-    Delivery,
-    Extend,
-    Nack,
-    QueueConfig,
-    ResultStatus,
+from conveyor.core.transitions import (
+    DeadLetter,
+    LeaseEnd,
+    Retry,
+    after_dead,
+    after_expiry,
+    after_lease_end,
+    after_nack,
+    lease_lost,
 )
-from conveyor.store.base import (
-    MESSAGE_OVERHEAD,
-    ClaimOp,
-    ClaimResult,
-    Settled,
-    Swept,
-    delivery_size,
-)
-from conveyor.store.postgres.node import Effects, NodeState
+from conveyor.core.types import Ack, Dead, Extend, Nack, QueueConfig, ResultStatus
+from conveyor.store.base import MESSAGE_OVERHEAD, SWEEP_LIMIT, ClaimOp, ClaimResult, Settled, Swept
+from conveyor.store.mapping import deliveries
+from conveyor.store.postgres.node import CountDeltas, NodeState
 from conveyor.store.postgres.queries import Q
 
 if TYPE_CHECKING:
     from conveyor.store.postgres.driver import Connection
     from conveyor.store.postgres.writer import Job
 
-READY, SCHEDULED, LEASED, DEAD, BLOCKED = 0, 1, 2, 3, 4
-SWEEP_LIMIT = 5000  # rows per kind per sweep: keeps each monitor transaction short
 PROMOTE_LIMIT = 5000  # due messages a claim makes ready; the monitor does the rest
 FOLD_ABOVE = 32  # delta rows of one queue (or session) before the monitor folds them
 HEAD_RACES = 8  # looks for a group's head, each lost to another transaction's, before a rerun
-_decode_headers = msgspec.json.Decoder(dict[str, str]).decode
-_DEFAULTS = QueueConfig(name="-")
+_DEFAULTS = QueueConfig(name="-")  # the settings of a queue deleted meanwhile
 
-# A message to dead-letter: seq, queue, group, reason, error, now, was it its group's head.
-Kill = tuple[int, str, str | None, str, str | None, float, bool]
+# A message to dead-letter: seq, queue, group, why, and the time.
+Kill = tuple[int, str, str | None, DeadLetter, float]
 
 
 # -- claim -----------------------------------------------------------------
@@ -92,15 +84,13 @@ async def claim(conn: Connection, node: NodeState, op: ClaimOp) -> ClaimResult:
     else:
         rows = await conn.fetch(Q.claim_plain, *args)
     rows = [r for r in rows if r[0] is not None]  # leased nothing: one row of NULLs
-    # RETURNING gives rows in no particular order: restore delivery order.
-    rows.sort(key=lambda r: (-r[3], r[9], r[0]))
-    deliveries = [_delivery(op, config, r, deadline) for r in rows]
-    size = sum(delivery_size(len(r[1]), len(r[2]) if r[2] is not None else 0) for r in rows)
+    # The buckets taken from are owned already: claim_grouped made it so.
+    leased, size, _ = deliveries(op.queue, rows, deadline, op.visibility, config)
     next_at = None
-    if len(deliveries) < op.limit:
+    if len(leased) < op.limit:
         # More were due than one claim promotes: the rest are due now.
         next_at = op.now if promoted >= PROMOTE_LIMIT else next_after
-    return ClaimResult(deliveries, next_at, size)
+    return ClaimResult(leased, next_at, size)
 
 
 async def _claim_grouped(conn: Connection, op: ClaimOp, args: tuple[Any, ...]) -> list[Any]:
@@ -118,24 +108,6 @@ async def _claim_grouped(conn: Connection, op: ClaimOp, args: tuple[Any, ...]) -
         return await conn.fetch(Q.claim_grouped, *args, free)
 
 
-def _delivery(op: ClaimOp, config: QueueConfig, row: Any, deadline: float) -> Delivery:
-    seq, body, headers, priority, grp, attempts, max_attempts, token, enqueued_at, _, _ = row
-    return Delivery(
-        id=format_id(seq),
-        queue=op.queue,
-        body=body,
-        headers=_decode_headers(headers) if headers is not None else {},
-        priority=priority,
-        group=grp,
-        attempts=attempts,
-        max_attempts=max_attempts or config.max_attempts,
-        token=token,
-        deadline=deadline,
-        lease=op.visibility,
-        enqueued_at=enqueued_at,
-    )
-
-
 # -- settling leases, a round at a time ----------------------------------------
 
 
@@ -148,7 +120,7 @@ def _outcomes(jobs: list[Job]) -> dict[int, list[Any]]:
     return {id(job): [None] * len(job.op.items) for job in jobs}
 
 
-async def ack_round(conn: Connection, node: NodeState, jobs: list[Job], fx: Effects) -> None:
+async def ack_round(conn: Connection, node: NodeState, jobs: list[Job], fx: CountDeltas) -> None:
     items = _items(jobs)
     rows = await conn.fetch(
         Q.ack_delete, [parse_id(i.id) for _, _, i, _ in items], [i.token for _, _, i, _ in items]
@@ -162,12 +134,12 @@ async def ack_round(conn: Connection, node: NodeState, jobs: list[Job], fx: Effe
         seq = parse_id(item.id)
         found = deleted.get(seq)
         if found is None or found[0] != item.token:
-            outcomes[id(job)][index] = lost(item.id, item.token)
+            outcomes[id(job)][index] = lease_lost(item.id, item.token)
             continue
         del deleted[seq]  # a second ack of the same delivery is too late
         _, queue, grp, holder = found
         fx.add(queue, "acked")
-        fx.add(queue, "depth", -1)
+        fx.depth(queue, -1)
         fx.acked_by[holder] = fx.acked_by.get(holder, 0) + 1
         if grp is not None:
             promote.append((queue, grp, now))
@@ -192,16 +164,16 @@ async def ack_round(conn: Connection, node: NodeState, jobs: list[Job], fx: Effe
         job.succeed(Settled(outcomes[id(job)], sorted(woken)))
 
 
-async def nack_round(conn: Connection, node: NodeState, jobs: list[Job], fx: Effects) -> None:
+async def nack_round(conn: Connection, node: NodeState, jobs: list[Job], fx: CountDeltas) -> None:
     await _fail_round(conn, node, jobs, fx, dead=False)
 
 
-async def dead_round(conn: Connection, node: NodeState, jobs: list[Job], fx: Effects) -> None:
+async def dead_round(conn: Connection, node: NodeState, jobs: list[Job], fx: CountDeltas) -> None:
     await _fail_round(conn, node, jobs, fx, dead=True)
 
 
 async def _fail_round(
-    conn: Connection, node: NodeState, jobs: list[Job], fx: Effects, *, dead: bool
+    conn: Connection, node: NodeState, jobs: list[Job], fx: CountDeltas, *, dead: bool
 ) -> None:
     """Nacks (retry, or dead-letter at the last attempt) or dead-letterings."""
     items = _items(jobs)
@@ -217,27 +189,23 @@ async def _fail_round(
         seq = parse_id(item.id)
         found = leased.get(seq)
         if found is None or found[0] != item.token:
-            outcomes[id(job)][index] = lost(item.id, item.token)
+            outcomes[id(job)][index] = lease_lost(item.id, item.token)
             continue
         del leased[seq]  # settled once: the same token again is too late
         _, queue, grp, attempts, max_attempts = found
-        config = configs.get(queue, _DEFAULTS)
         if dead:
             assert isinstance(item, Dead)
-            kills.append((seq, queue, grp, scrub(item.reason) or "", None, now, True))
+            kills.append((seq, queue, grp, after_dead(scrub(item.reason) or ""), now))
             continue
         assert isinstance(item, Nack)
         fx.add(queue, "nacked")
-        error = scrub(item.error)
-        if attempts >= (max_attempts or config.max_attempts):
-            reason = f"failed on all {attempts} attempts"
-            kills.append((seq, queue, grp, reason, error, now, True))
-            continue
-        policy = RetryPolicy(config.retry_base, config.retry_max, config.retry_jitter)
-        delay = item.delay if item.delay is not None else policy.backoff(attempts)
-        state = SCHEDULED if delay > 0 else READY
-        retries.append((seq, state, now + delay, error))
-        fx.woken.add(queue)  # ready now, or its consumers' next delayed message may be sooner
+        config = configs.get(queue, _DEFAULTS)
+        outcome = after_nack(attempts, max_attempts, config, item.delay, scrub(item.error), now)
+        if isinstance(outcome, Retry):
+            retries.append((seq, outcome.state, outcome.available_at, outcome.error))
+            fx.woken.add(queue)  # ready now, or its consumers' next delayed message may be sooner
+        else:
+            kills.append((seq, queue, grp, outcome, now))
     if retries:
         await conn.execute(Q.retry, *map(list, zip(*retries, strict=True)))
     await kill(conn, node, fx, kills)
@@ -245,7 +213,7 @@ async def _fail_round(
         job.succeed(Settled(outcomes[id(job)], sorted(fx.woken)))
 
 
-async def extend_round(conn: Connection, node: NodeState, jobs: list[Job], fx: Effects) -> None:
+async def extend_round(conn: Connection, node: NodeState, jobs: list[Job], fx: CountDeltas) -> None:
     items = _items(jobs)
     # The first extension of a lease in the round finds it live or lapsed;
     # if live, the last one decides its deadline.
@@ -270,7 +238,7 @@ async def extend_round(conn: Connection, node: NodeState, jobs: list[Job], fx: E
         if (parse_id(item.id), item.token) in extended:
             outcomes[id(job)][index] = now + item.seconds
         else:
-            outcomes[id(job)][index] = lost(item.id, item.token)
+            outcomes[id(job)][index] = lease_lost(item.id, item.token)
     for job in jobs:
         job.succeed(Settled(outcomes[id(job)], []))
 
@@ -281,13 +249,6 @@ def scrub(text: str | None) -> str | None:
     if text is None or "\x00" not in text:
         return text
     return text.replace("\x00", "\ufffd")
-
-
-def lost(message_id: str, token: int) -> LeaseLost:
-    return LeaseLost(
-        f"message {message_id} is not leased with token {token}: it was acked, nacked,"
-        " delivered again, dead-lettered, or never had that token"
-    )
 
 
 # -- shared steps ---------------------------------------------------------------
@@ -311,34 +272,34 @@ async def promote_groups(conn: Connection, groups: list[tuple[str, str, float]])
     return {q for q, _, _ in groups}
 
 
-async def kill(conn: Connection, node: NodeState, fx: Effects, kills: list[Kill]) -> None:
-    """Move messages to their queues' dead letters and record why."""
+async def kill(conn: Connection, node: NodeState, fx: CountDeltas, kills: list[Kill]) -> None:
+    """Move messages to their queues' dead letters, record why, and move on
+    the groups they led."""
     if not kills:
         return
     configs = await node.configs(conn, {k[1] for k in kills})
     await conn.execute(
         Q.kill,
         [k[0] for k in kills],
-        [k[3] for k in kills],
+        [k[3].reason for k in kills],
+        [k[3].error for k in kills],
         [k[4] for k in kills],
-        [k[5] for k in kills],
     )
-    details = [r if e is None else f"{r}: {e}" for _, _, _, r, e, _, _ in kills]
     await conn.execute(
         Q.results_put,
         [k[0] for k in kills],
         [ResultStatus.DEAD.value] * len(kills),
         [None] * len(kills),
-        details,
-        [k[5] for k in kills],
-        [k[5] + configs.get(k[1], _DEFAULTS).result_ttl for k in kills],
+        [k[3].detail for k in kills],
+        [k[4] for k in kills],
+        [k[4] + configs.get(k[1], _DEFAULTS).result_ttl for k in kills],
     )
     heads: list[tuple[str, str, float]] = []
-    for seq, queue, grp, _, _, now, head in kills:
+    for seq, queue, grp, letter, now in kills:
         fx.add(queue, "dead")
-        fx.add(queue, "depth", -1)
+        fx.depth(queue, -1)
         fx.finished.append(format_id(seq))
-        if grp is not None and head:
+        if grp is not None and letter.was_head:
             heads.append((queue, grp, now))
     fx.woken |= await promote_groups(conn, heads)
 
@@ -346,14 +307,13 @@ async def kill(conn: Connection, node: NodeState, fx: Effects, kills: list[Kill]
 async def release(
     conn: Connection,
     node: NodeState,
-    fx: Effects,
+    fx: CountDeltas,
     rows: list[Any],
     now: float,
-    why: str,
+    why: LeaseEnd,
 ) -> None:
-    """Make leased messages ready again, keeping their token (a late ack with
-    it still succeeds until someone else gets the message); a message that has
-    used up its attempts is dead-lettered instead."""
+    """End leases that no consumer settled (core/transitions.py's
+    after_lease_end decides what becomes of each message)."""
     if not rows:
         return
     configs = await node.configs(conn, {r[1] for r in rows})
@@ -361,8 +321,9 @@ async def release(
     kills: list[Kill] = []
     for seq, queue, grp, attempts, max_attempts in rows:
         fx.add(queue, "lease_expired")
-        if attempts >= (max_attempts or configs.get(queue, _DEFAULTS).max_attempts):
-            kills.append((seq, queue, grp, f"{why} after {attempts} attempts", None, now, True))
+        outcome = after_lease_end(attempts, max_attempts, configs.get(queue, _DEFAULTS), why)
+        if isinstance(outcome, DeadLetter):
+            kills.append((seq, queue, grp, outcome, now))
         else:
             ready.append(seq)
             fx.woken.add(queue)
@@ -372,14 +333,14 @@ async def release(
 
 
 async def close_sessions(
-    conn: Connection, node: NodeState, fx: Effects, sessions: list[str], now: float
+    conn: Connection, node: NodeState, fx: CountDeltas, sessions: list[str], now: float
 ) -> None:
     """End sessions: release their leases, forget their queues and buckets.
     The rows go first: a claim of one of them still in flight holds its row,
     so this waits for it, and then sees the leases it made."""
     await conn.execute(Q.sessions_delete, sessions)
     rows = await conn.fetch(Q.leases_of_sessions, sessions)
-    await release(conn, node, fx, rows, now, "session ended")
+    await release(conn, node, fx, rows, now, LeaseEnd.SESSION_ENDED)
     fx.woken.update(q for (q,) in await conn.fetch(Q.consumers_drop_sessions, sessions))
     await conn.execute(Q.owners_drop_sessions, sessions)
     await conn.execute(Q.session_counts_drop, sessions)
@@ -392,20 +353,19 @@ async def sweep(conn: Connection, node: NodeState, now: float, housekeeping: boo
     """One pass, in one transaction (the housekeeping after it in another,
     so releases commit without waiting for it). Every node sweeps; rows
     another node's sweep (or a claim) holds are skipped and left to the next pass."""
-    fx = Effects()
+    fx = CountDeltas()
     async with conn.transaction():
         expired = [s for (s,) in await conn.fetch(Q.sessions_expired, now, SWEEP_LIMIT)]
         if expired:
             await close_sessions(conn, node, fx, expired, now)
         rows = await conn.fetch(Q.leases_expired, now, SWEEP_LIMIT)
-        await release(conn, node, fx, rows, now, "lease expired")
+        await release(conn, node, fx, rows, now, LeaseEnd.LEASE_EXPIRED)
         fx.woken.update(q for (q,) in await conn.fetch(Q.promote_due_all, now, SWEEP_LIMIT))
         ttl = await conn.fetch(Q.ttl_expired, now, SWEEP_LIMIT)
         kills: list[Kill] = []
         for seq, queue, grp, state in ttl:
             fx.add(queue, "expired")
-            # A member waiting behind its head leaves without promoting anyone.
-            kills.append((seq, queue, grp, "expired", None, now, state != BLOCKED))
+            kills.append((seq, queue, grp, after_expiry(state), now))
         await kill(conn, node, fx, kills)
         await fx.flush(conn)
     if housekeeping:

@@ -1,16 +1,16 @@
 """What one node of the PostgreSQL store keeps between operations, and the
-per-operation bookkeeping every transition shares."""
+per-transaction bookkeeping every transition shares."""
 
 from __future__ import annotations
 
-import json
-from typing import Any
+import msgspec
 
-from conveyor.core.types import QUEUE_SETTINGS, QueueConfig
+from conveyor.core.transitions import token_floor
+from conveyor.core.types import QueueConfig
+from conveyor.store.effects import TOTALS, Effects
+from conveyor.store.mapping import queue_config
 from conveyor.store.postgres import driver
 from conveyor.store.postgres.queries import Q
-
-TOKENS_PER_EPOCH = 1_000_000_000
 
 
 class NodeState:
@@ -29,7 +29,7 @@ class NodeState:
     @property
     def token_floor(self) -> int:
         """The least fencing token of a delivery made by this node."""
-        return self.epoch * TOKENS_PER_EPOCH
+        return token_floor(self.epoch)
 
     def settings(self, name: str, text: str, created_at: float = 0.0) -> QueueConfig:
         key = (name, text)
@@ -37,10 +37,10 @@ class NodeState:
         if config is None:
             if len(self._parsed) > 10_000:
                 self._parsed.clear()
-            config = self._parsed[key] = config_from(name, text, 0.0)
+            config = self._parsed[key] = queue_config(name, text, 0.0)
         self.bounded[name] = config.max_length is not None
         if created_at:
-            config = QueueConfig(**{**fields_of(config), "created_at": created_at})
+            config = msgspec.structs.replace(config, created_at=created_at)
         return config
 
     async def configs(self, conn: driver.Connection, names: set[str]) -> dict[str, QueueConfig]:
@@ -50,48 +50,25 @@ class NodeState:
         return {name: self.settings(name, text) for name, text, _ in rows}
 
 
-def fields_of(config: QueueConfig) -> dict[str, Any]:
-    return {f: getattr(config, f) for f in (*QUEUE_SETTINGS, "name", "created_at")}
+class CountDeltas(Effects):
+    """Effects written as delta rows, appended at the end of the transaction
+    and folded by the lease monitor later (nodes write at once; a row updated
+    in place by each would serialise them): per queue, its change of depth
+    (messages it holds, dead letters aside) before the totals; acks per
+    session. Besides the queues woken (returned to the broker, and announced
+    to the other nodes), ``notify`` names queues only announced: this node's
+    broker wakes its own consumers after an enqueue."""
 
-
-def settings_text(config: QueueConfig) -> str:
-    return json.dumps({f: getattr(config, f) for f in QUEUE_SETTINGS}, sort_keys=True)
-
-
-def config_from(name: str, text: str, created_at: float) -> QueueConfig:
-    return QueueConfig(name=name, created_at=created_at, **json.loads(text))
-
-
-class Effects:
-    """What one transaction changed besides rows: per-queue totals and acks
-    per session (appended as delta rows at its end), queues whose consumers
-    should look again (here, and on other nodes once it committed), and
-    message ids that got a result."""
-
-    __slots__ = ("acked_by", "by_queue", "finished", "notify", "woken")
-    FIELDS = (
-        "depth",
-        "enqueued",
-        "delivered",
-        "acked",
-        "nacked",
-        "dead",
-        "expired",
-        "lease_expired",
-    )
+    __slots__ = ("acked_by", "notify")
+    LEADING = 1  # depth
 
     def __init__(self) -> None:
-        self.by_queue: dict[str, list[int]] = {}
+        super().__init__()
         self.acked_by: dict[str, int] = {}
-        self.woken: set[str] = set()  # returned to the broker, and notified
-        self.notify: set[str] = set()  # notified only (the broker wakes its own)
-        self.finished: list[str] = []
+        self.notify: set[str] = set()
 
-    def add(self, queue: str, field: str, n: int = 1) -> None:
-        row = self.by_queue.get(queue)
-        if row is None:
-            row = self.by_queue[queue] = [0] * len(self.FIELDS)
-        row[self.FIELDS.index(field)] += n
+    def depth(self, queue: str, n: int) -> None:
+        self.counters(queue)[0] += n
 
     @property
     def changed(self) -> set[str]:
@@ -99,11 +76,11 @@ class Effects:
         return self.woken | self.notify
 
     async def flush(self, conn: driver.Connection) -> None:
-        """Write the totals in one statement (a round trip), and start afresh."""
+        """Write the deltas in one statement (a round trip), and start afresh."""
         if not (self.by_queue or self.acked_by):
             return
         queues = sorted(self.by_queue)
-        columns = [[self.by_queue[q][i] for q in queues] for i in range(len(self.FIELDS))]
+        columns = [[self.by_queue[q][i] for q in queues] for i in range(self.LEADING + len(TOTALS))]
         sessions = sorted(self.acked_by)
         await conn.execute(
             Q.effects, queues, *columns, sessions, [self.acked_by[s] for s in sessions]

@@ -533,14 +533,16 @@ SELECT pattern, queue FROM bindings ORDER BY pattern, queue;
 SELECT status, body, error, finished_at FROM results WHERE seq = $1;
 
 -- name: stats
+-- The columns of store/mapping.py's queue_stats: the messages in each state
+-- (in state order), the totals, the consumers, the oldest ready message.
 SELECT (SELECT count(*) FROM messages WHERE queue = $1 AND state = 0),
-       (SELECT min(available_at) FROM messages WHERE queue = $1 AND state = 0),
-       (SELECT count(*) FROM messages WHERE queue = $1 AND grp IS NOT NULL AND state = 4),
        (SELECT count(*) FROM messages WHERE queue = $1 AND state = 1),
        (SELECT count(*) FROM messages WHERE state = 2 AND queue = $1),
        (SELECT count(*) FROM messages WHERE queue = $1 AND state = 3),
+       (SELECT count(*) FROM messages WHERE queue = $1 AND grp IS NOT NULL AND state = 4),
+       t.enqueued, t.delivered, t.acked, t.nacked, t.dead, t.expired, t.lease_expired,
        (SELECT count(*) FROM consumers WHERE queue = $1),
-       t.enqueued, t.delivered, t.acked, t.nacked, t.dead, t.expired, t.lease_expired
+       (SELECT min(available_at) FROM messages WHERE queue = $1 AND state = 0)
 FROM (SELECT coalesce(sum(enqueued), 0)::bigint AS enqueued,
              coalesce(sum(delivered), 0)::bigint AS delivered,
              coalesce(sum(acked), 0)::bigint AS acked,

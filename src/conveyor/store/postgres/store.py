@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 
 from conveyor.core.errors import BrokerClosed, ConveyorError, QueueNotFound
 from conveyor.core.ids import parse_id
+from conveyor.core.transitions import is_group_head
 from conveyor.core.types import (
     Binding,
     EnqueueResult,
@@ -43,9 +44,9 @@ from conveyor.core.types import (
     QueueConfig,
     QueueStats,
     Result,
-    ResultStatus,
     SessionInfo,
 )
+from conveyor.store import mapping
 from conveyor.store.base import (
     DEFAULT_MAX_REPLY_BYTES,
     MESSAGE_OVERHEAD,
@@ -61,15 +62,14 @@ from conveyor.store.base import (
 from conveyor.store.postgres import driver, messages, migrate, queues
 from conveyor.store.postgres.enqueue import allocate_ids, enqueue_round
 from conveyor.store.postgres.listener import NotificationListener, Notifier, channel_for
-from conveyor.store.postgres.node import Effects, NodeState, config_from, settings_text
+from conveyor.store.postgres.node import CountDeltas, NodeState
 from conveyor.store.postgres.options import PostgresOptions, parse_url
 from conveyor.store.postgres.queries import Q
-from conveyor.store.postgres.writer import GroupCommitWriter, Job
+from conveyor.store.postgres.writer import Job, SetwiseRoundWriter
 
 log = logging.getLogger("conveyor.store.postgres")
 
 T = TypeVar("T")
-RETRIES = 8  # runs of one pooled transaction that hit a deadlock
 WRITER_LANES = 2  # group-commit rounds in flight at once, each on a connection of its own
 HOUSEKEEPING_EVERY = 1.0  # seconds (of the callers' clock) between dedup/result sweeps
 
@@ -80,7 +80,7 @@ class PostgresStore:
         self.capabilities = StoreCapabilities("postgres", shared=True, persistent=True)
         self._wake: Callable[[str], None] | None = None
         self._pool: driver.Pool | None = None
-        self._writer: GroupCommitWriter | None = None
+        self._writer: SetwiseRoundWriter | None = None
         self._listener: NotificationListener | None = None
         self._notifier: Notifier | None = None
         self._node: NodeState | None = None
@@ -104,10 +104,7 @@ class PostgresStore:
         if w is None or listener is None or pool is None:
             return {}
         return {
-            "commits_total": w.commits,
-            "commit_operations_total": w.operations,
-            "commit_seconds_total": w.commit_seconds,
-            "commit_seconds_max": w.commit_seconds_max,
+            **w.meter.metrics(),
             "commit_retries_total": w.retries,
             "notifications_received_total": listener.received,
             "notifications_sent_total": self._notifier.sent if self._notifier else 0,
@@ -150,7 +147,7 @@ class PostgresStore:
             raise
         notifier = Notifier(pool.acquire, node.channel, node.node)
         notifier.start()
-        writer = GroupCommitWriter(self._writer_connection, self._round, lanes=WRITER_LANES)
+        writer = SetwiseRoundWriter(self._writer_connection, self._round, lanes=WRITER_LANES)
         writer.start()
         self._node, self._pool, self._listener, self._writer = node, pool, listener, writer
         self._notifier = notifier
@@ -231,15 +228,15 @@ class PostgresStore:
         if self._pool is None:
             raise BrokerClosed("the store is closed")
         pool = self._pool
-        for attempt in range(RETRIES):
+        for attempt in range(1, driver.TRANSIENT_RUNS + 1):
             try:
                 async with pool.acquire() as conn:
                     return await fn(conn)
             except ConveyorError:
                 raise
             except Exception as exc:
-                if driver.is_transient(exc) and attempt + 1 < RETRIES:
-                    await asyncio.sleep(0.002 * 2**attempt)
+                if driver.is_transient(exc) and attempt < driver.TRANSIENT_RUNS:
+                    await asyncio.sleep(driver.TRANSIENT_BACKOFF.backoff(attempt))
                     continue
                 failure = driver.translate(exc)
                 if failure is exc:
@@ -252,7 +249,7 @@ class PostgresStore:
         node = self.node
         enqueues = [j for j in jobs if j.kind == "enqueue"]
         first_id = await allocate_ids(conn, enqueues) if enqueues else 0
-        fx = Effects()
+        fx = CountDeltas()
         async with conn.transaction():
             if enqueues:
                 await enqueue_round(conn, node, enqueues, first_id, fx)
@@ -279,7 +276,7 @@ class PostgresStore:
         async def create(conn: driver.Connection) -> QueueConfig | None:
             async with conn.transaction():
                 name = await conn.fetchval(
-                    Q.queue_insert, config.name, settings_text(config), config.created_at
+                    Q.queue_insert, config.name, mapping.settings_text(config), config.created_at
                 )
                 if name is None:
                     return None
@@ -294,7 +291,7 @@ class PostgresStore:
                 old = await conn.fetchval(Q.queue_lock_one, config.name)
                 if old is None:
                     raise QueueNotFound(f"no queue named {config.name!r}")
-                await conn.execute(Q.queue_update, config.name, settings_text(config))
+                await conn.execute(Q.queue_update, config.name, mapping.settings_text(config))
                 await conn.execute(Q.owners_fill, config.name, config.buckets)
                 if self.node.settings(config.name, old).buckets != config.buckets:
                     await queues.rebucket(conn, config)
@@ -324,11 +321,11 @@ class PostgresStore:
         row = await self._pooled(lambda conn: conn.fetchrow(Q.queue_get, name))
         if row is None:
             raise QueueNotFound(f"no queue named {name!r}")
-        return config_from(*row)
+        return mapping.queue_config(*row)
 
     async def list_queues(self) -> list[QueueConfig]:
         rows = await self._pooled(lambda conn: conn.fetch(Q.queues_all))
-        return [config_from(*row) for row in rows]
+        return [mapping.queue_config(*row) for row in rows]
 
     async def purge_queue(self, name: str) -> int:
         async def purge(conn: driver.Connection) -> int:
@@ -337,10 +334,10 @@ class PostgresStore:
                 rows = await conn.fetch(Q.purge, name)
                 # A member committed behind a purged head by a concurrent
                 # enqueue leads now. (-inf: it becomes ready when it is due.)
-                heads = [(name, grp, float("-inf")) for grp, st in rows if grp and st != 4]
+                heads = [(name, g, float("-inf")) for g, st in rows if g and is_group_head(st)]
                 await messages.promote_groups(conn, heads)
-                fx = Effects()
-                fx.add(name, "depth", -len(rows))
+                fx = CountDeltas()
+                fx.depth(name, -len(rows))
                 await fx.flush(conn)
             return len(rows)
 
@@ -398,7 +395,7 @@ class PostgresStore:
         node = self.node
 
         async def close(conn: driver.Connection) -> list[str]:
-            fx = Effects()
+            fx = CountDeltas()
             async with conn.transaction():
                 await messages.close_sessions(conn, node, fx, [session], now)
                 await fx.flush(conn)
@@ -415,28 +412,10 @@ class PostgresStore:
     async def sessions(self) -> list[SessionInfo]:
         async def sessions(conn: driver.Connection) -> list[SessionInfo]:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
-                leases: dict[str, int] = {
-                    holder: n for holder, n in await conn.fetch(Q.leases_by_holder)
-                }
-                queues: dict[str, list[str]] = {}
-                for session, queue in await conn.fetch(Q.consumers_all):
-                    queues.setdefault(session, []).append(queue)
+                leases = await conn.fetch(Q.leases_by_holder)
+                consumers = await conn.fetch(Q.consumers_all)
                 rows = await conn.fetch(Q.sessions_all)
-            return [
-                SessionInfo(
-                    id=sid,
-                    name=name,
-                    capacity=capacity,
-                    timeout=timeout,
-                    created_at=created_at,
-                    last_seen=last_seen,
-                    queues=sorted(queues.get(sid, [])),
-                    leases=leases.get(sid, 0),
-                    delivered_total=delivered,
-                    acked_total=acked,
-                )
-                for sid, name, capacity, timeout, created_at, last_seen, delivered, acked in rows
-            ]
+            return mapping.sessions(rows, leases, consumers)
 
         return await self._pooled(sessions)
 
@@ -498,7 +477,7 @@ class PostgresStore:
             config = await queues.existing(conn, queue)
             start = parse_id(after) if after is not None else -1
             rows = await conn.fetch(Q.dead_page, queue, start, limit, MESSAGE_OVERHEAD, max_bytes)
-            return [queues.dead_message(queue, config, row) for row in rows]
+            return [mapping.dead_letter(queue, config, row) for row in rows]
 
         return await self._pooled(page)
 
@@ -511,9 +490,9 @@ class PostgresStore:
                 for seq, grp in rows:
                     await queues.redrive_one(conn, queue, seq, grp, now)
                 await conn.execute(Q.results_delete, [seq for seq, _ in rows])
-                fx = Effects()
+                fx = CountDeltas()
                 if rows:
-                    fx.add(queue, "depth", len(rows))
+                    fx.depth(queue, len(rows))
                 await fx.flush(conn)
             return len(rows)
 
@@ -547,39 +526,14 @@ class PostgresStore:
     async def get_result(self, message_id: str) -> Result | None:
         seq = parse_id(message_id)
         row = await self._pooled(lambda conn: conn.fetchrow(Q.result_get, seq))
-        if row is None:
-            return None
-        status, body, error, finished_at = row
-        return Result(
-            id=message_id,
-            status=ResultStatus(status),
-            body=body,
-            error=error,
-            finished_at=finished_at,
-        )
+        return None if row is None else mapping.result(message_id, row)
 
     async def stats(self, queue: str, now: float) -> QueueStats:
         async def stats(conn: driver.Connection) -> QueueStats:
             await queues.existing(conn, queue)
             row = await conn.fetchrow(Q.stats, queue)
             assert row is not None
-            (ready, oldest, blocked, scheduled, leased, dead, consumers, enqueued, delivered,
-             acked, nacked, dead_total, expired, lease_expired) = row  # fmt: skip
-            return QueueStats(
-                queue=queue,
-                ready=ready + blocked,
-                scheduled=scheduled,
-                leased=leased,
-                dead=dead,
-                consumers=consumers,
-                oldest_ready_age=None if oldest is None else max(0.0, now - oldest),
-                enqueued_total=enqueued,
-                delivered_total=delivered,
-                acked_total=acked,
-                nacked_total=nacked,
-                dead_total=dead_total,
-                expired_total=expired,
-                lease_expired_total=lease_expired,
-            )
+            *counts, consumers, oldest = row
+            return mapping.queue_stats(queue, counts, consumers, oldest, now)
 
         return await self._pooled(stats)

@@ -1,5 +1,12 @@
-"""GroupCommitWriter: the batched operations (enqueue, ack, nack, extend,
+"""SetwiseRoundWriter: the batched operations (enqueue, ack, nack, extend,
 dead) of every caller on this node, gathered into one transaction per round.
+
+The group commit of the PostgreSQL store. What differs from SQLite's
+(store/sqlite/writer.py, SavepointBatchWriter): a round hands all its
+operations at once to one round function, which settles each kind of them
+set-wise (one statement for all the round's acks...), on one of a few
+lanes so that rounds overlap; SQLite runs each operation alone in a
+savepoint, one after the other.
 
 Callers submit an operation and wait. While a round is in the database, the
 next ones queue up; a free lane then takes every operation waiting at that
@@ -32,11 +39,10 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from conveyor.core.errors import BrokerClosed, ConveyorError
+from conveyor.store.base import CommitMeter
 from conveyor.store.postgres import driver
 
 log = logging.getLogger("conveyor.store.postgres")
-
-RETRIES = 8  # runs of one round that hit a transient error
 
 
 class Job:
@@ -60,7 +66,7 @@ RoundFunction = Callable[[driver.Connection, list[Job]], Awaitable[None]]
 LaneConnection = Callable[[int], AbstractAsyncContextManager[driver.Connection]]
 
 
-class GroupCommitWriter:
+class SetwiseRoundWriter:
     def __init__(
         self,
         connection: LaneConnection,
@@ -78,11 +84,8 @@ class GroupCommitWriter:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         # Measured for operations people and /metrics.
-        self.commits = 0
-        self.operations = 0
+        self.meter = CommitMeter()  # whole rounds, from their first statement
         self.retries = 0
-        self.commit_seconds = 0.0
-        self.commit_seconds_max = 0.0
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -131,11 +134,7 @@ class GroupCommitWriter:
                 await self._commit(lane, [job])
             return
         if error is None:
-            took = time.perf_counter() - started
-            self.commits += 1
-            self.operations += len(batch)
-            self.commit_seconds += took
-            self.commit_seconds_max = max(self.commit_seconds_max, took)
+            self.meter.record(len(batch), time.perf_counter() - started)
         else:
             failure = _failure(error)
             for job in batch:
@@ -145,16 +144,16 @@ class GroupCommitWriter:
 
     async def _attempt(self, lane: int, batch: list[Job]) -> BaseException | None:
         """Run the round, again after transient errors; the error that ended it."""
-        for attempt in range(RETRIES):
+        for attempt in range(1, driver.TRANSIENT_RUNS + 1):
             for job in batch:
                 job.result = (False, None)
             try:
                 async with self._connection(lane) as conn:
                     await self._run_round(conn, batch)
             except Exception as exc:
-                if driver.is_transient(exc) and attempt + 1 < RETRIES:
+                if driver.is_transient(exc) and attempt < driver.TRANSIENT_RUNS:
                     self.retries += 1
-                    await asyncio.sleep(0.002 * 2**attempt)
+                    await asyncio.sleep(driver.TRANSIENT_BACKOFF.backoff(attempt))
                     continue
                 return exc
             return None

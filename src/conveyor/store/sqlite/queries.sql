@@ -336,6 +336,8 @@ FROM levels WHERE levels.priority IS NOT NULL;
 SELECT count(*) FROM consumers WHERE queue = ?;
 
 -- name: queue_counters
+-- The counts of store/mapping.py's queue_stats: per state (in state order),
+-- then the totals.
 SELECT ready, scheduled, leased, dead, blocked, enqueued_total, delivered_total, acked_total,
        nacked_total, dead_total, expired_total, lease_expired_total
 FROM queues WHERE name = ?;

@@ -11,8 +11,8 @@ Durability levels:
 
 One broker process owns a file: ``open`` takes an exclusive lock on
 ``<file>.lock`` and refuses a second owner with StoreLocked. Every operation
-runs through the GroupCommitWriter on the broker's event loop, so the store
-needs no other locking.
+runs through the SavepointBatchWriter on the broker's event loop, so the
+store needs no other locking.
 Sessions cannot outlive their broker: at open, sessions left from a previous
 run are deleted and their leases released (tokens kept, so a late ack from a
 reconnecting consumer still succeeds if nobody else got the message).
@@ -22,29 +22,29 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
+
+import msgspec
 
 from conveyor.core.errors import InvalidArgument, QueueNotFound, StoreError, StoreLocked
-from conveyor.core.ids import IdSequence, format_id, parse_id
+from conveyor.core.ids import IdSequence, parse_id
 from conveyor.core.ring import bucket_of
+from conveyor.core.transitions import DEAD, LeaseEnd, after_redrive, token_floor
 from conveyor.core.types import (
-    QUEUE_SETTINGS,
     Binding,
     EnqueueResult,
     Message,
-    MessageState,
     QueueConfig,
     QueueStats,
     Result,
-    ResultStatus,
     SessionInfo,
 )
+from conveyor.store import mapping
 from conveyor.store.base import (
     DEFAULT_MAX_REPLY_BYTES,
     MESSAGE_OVERHEAD,
@@ -60,12 +60,11 @@ from conveyor.store.base import (
 from conveyor.store.sql import migrations
 from conveyor.store.sqlite import messages as tx_ops
 from conveyor.store.sqlite.queries import Q
-from conveyor.store.sqlite.writer import GroupCommitWriter, Transaction
+from conveyor.store.sqlite.writer import SavepointBatchWriter, Transaction
 
 Durability = Literal["fsync", "os", "memory"]
 DURABILITIES: tuple[Durability, ...] = ("fsync", "os", "memory")
 T = TypeVar("T")
-TOKENS_PER_EPOCH = 1_000_000_000
 SQLITE_NEEDED = (3, 35, 0)  # RETURNING, ALTER TABLE DROP COLUMN
 
 
@@ -80,7 +79,7 @@ class StoreState:
     @property
     def token_floor(self) -> int:
         """The least fencing token of a delivery in this epoch."""
-        return self.epoch * TOKENS_PER_EPOCH
+        return token_floor(self.epoch)
 
     def config(self, queue: str) -> QueueConfig:
         try:
@@ -103,11 +102,11 @@ class SqliteStore:
         self.durability = durability
         self.capabilities = StoreCapabilities("sqlite", shared=False, persistent=path is not None)
         self._state = StoreState()
-        self._writer: GroupCommitWriter | None = None
+        self._writer: SavepointBatchWriter | None = None
         self._lock_fd: int | None = None
 
     @property
-    def writer(self) -> GroupCommitWriter:
+    def writer(self) -> SavepointBatchWriter:
         if self._writer is None:
             raise RuntimeError("the store is not open")
         return self._writer
@@ -120,10 +119,7 @@ class SqliteStore:
         if w is None:
             return {}
         return {
-            "commits_total": w.commits,
-            "commit_operations_total": w.operations,
-            "commit_seconds_total": w.commit_seconds,
-            "commit_seconds_max": w.commit_seconds_max,
+            **w.meter.metrics(),
             "fsyncs_total": w.fsyncs,
             "fsync_seconds_total": w.fsync_seconds,
             "fsync_seconds_max": w.fsync_seconds_max,
@@ -144,7 +140,7 @@ class SqliteStore:
             self._lock()
         self._state = StoreState()
         wal = f"{self.path}-wal" if self.path is not None and self.durability == "fsync" else None
-        writer = GroupCommitWriter(self._connect, wal_path=wal)
+        writer = SavepointBatchWriter(self._connect, wal_path=wal)
         try:
             writer.start(self._setup)
         except BaseException:
@@ -205,7 +201,7 @@ class SqliteStore:
                 conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
         state = self._state
         for name, config, created_at in conn.execute(Q.queues_all):
-            state.configs[name] = _config(name, config, created_at)
+            state.configs[name] = mapping.queue_config(name, config, created_at)
         state.ids = IdSequence(conn.execute(Q.max_seq).fetchone()[0])
         conn.execute("BEGIN IMMEDIATE")
         # A new epoch per open: tokens handed out from now on are above any
@@ -214,10 +210,9 @@ class SqliteStore:
         state.epoch = 0 if epoch is None else int(epoch[0]) + 1
         conn.execute(Q.epoch_put, (state.epoch,))
         tx = Transaction(conn)
-        fx = tx_ops.Effects()
-        tx_ops.release(
-            state, tx, fx, conn.execute(Q.leases_all).fetchall(), time.time(), "broker restarted"
-        )
+        fx = tx_ops.StateCounts()
+        leases = conn.execute(Q.leases_all).fetchall()
+        tx_ops.release(state, tx, fx, leases, time.time(), LeaseEnd.BROKER_RESTARTED)
         fx.flush(tx)
         conn.execute(Q.consumers_clear)
         conn.execute(Q.owners_clear)
@@ -234,7 +229,8 @@ class SqliteStore:
         def create(state: StoreState, tx: Transaction) -> QueueConfig | None:
             if config.name in state.configs:
                 return None
-            tx.conn.execute(Q.queue_insert, (config.name, _settings(config), config.created_at))
+            settings = mapping.settings_text(config)
+            tx.conn.execute(Q.queue_insert, (config.name, settings, config.created_at))
             tx.after_commit.append(lambda: state.configs.__setitem__(config.name, config))
             return config
 
@@ -243,8 +239,8 @@ class SqliteStore:
     async def update_queue(self, config: QueueConfig) -> None:
         def update(state: StoreState, tx: Transaction) -> None:
             old = state.config(config.name)
-            new = QueueConfig(**{**_fields(config), "created_at": old.created_at})
-            tx.conn.execute(Q.queue_update, (_settings(new), config.name))
+            new = msgspec.structs.replace(config, created_at=old.created_at)
+            tx.conn.execute(Q.queue_update, (mapping.settings_text(new), config.name))
             if new.buckets != old.buckets:
                 _rebucket(tx.conn, new)
             tx.after_commit.append(lambda: state.configs.__setitem__(config.name, new))
@@ -330,7 +326,7 @@ class SqliteStore:
 
     async def close_session(self, session: str, now: float) -> list[str]:
         def close(state: StoreState, tx: Transaction) -> list[str]:
-            fx = tx_ops.Effects()
+            fx = tx_ops.StateCounts()
             tx_ops.close_session(state, tx, fx, session, now)
             fx.flush(tx)
             return sorted(fx.woken)
@@ -346,34 +342,9 @@ class SqliteStore:
     async def sessions(self) -> list[SessionInfo]:
         def sessions(state: StoreState, tx: Transaction) -> list[SessionInfo]:
             conn = tx.conn
-            leases = dict(conn.execute(Q.leases_by_holder).fetchall())
-            queues: dict[str, list[str]] = {}
-            for session, queue in conn.execute(Q.consumers_all):
-                queues.setdefault(session, []).append(queue)
-            return [
-                SessionInfo(
-                    id=sid,
-                    name=name,
-                    capacity=capacity,
-                    timeout=timeout,
-                    created_at=created_at,
-                    last_seen=last_seen,
-                    queues=sorted(queues.get(sid, [])),
-                    leases=leases.get(sid, 0),
-                    delivered_total=delivered,
-                    acked_total=acked,
-                )
-                for (
-                    sid,
-                    name,
-                    capacity,
-                    timeout,
-                    created_at,
-                    last_seen,
-                    delivered,
-                    acked,
-                ) in conn.execute(Q.sessions_all)
-            ]
+            leases = conn.execute(Q.leases_by_holder).fetchall()
+            consumers = conn.execute(Q.consumers_all).fetchall()
+            return mapping.sessions(conn.execute(Q.sessions_all), leases, consumers)
 
         return await self._run(sessions)
 
@@ -389,8 +360,8 @@ class SqliteStore:
             config = state.config(queue)
             start = parse_id(after) if after is not None else -1
             args = (queue, start, limit, MESSAGE_OVERHEAD, max_bytes)
-            rows = tx.conn.execute(Q.dead_page, args).fetchall()
-            return [_dead_message(queue, config, row) for row in rows]
+            letters = tx.conn.execute(Q.dead_page, args).fetchall()
+            return [mapping.dead_letter(queue, config, row) for row in letters]
 
         return await self._run(page)
 
@@ -399,26 +370,27 @@ class SqliteStore:
             state.config(queue)
             conn = tx.conn
             if ids is None:
-                rows = conn.execute(Q.dead_all, (queue,)).fetchall()
+                letters = conn.execute(Q.dead_all, (queue,)).fetchall()
             else:
                 # In enqueue order, each once (as on PostgreSQL): the first
                 # of a group leads, and an id given twice is redriven once.
-                rows = [
+                letters = [
                     r
                     for seq in sorted({parse_id(i) for i in ids})
                     if (r := conn.execute(Q.dead_one, (queue, seq)).fetchone())
                 ]
-            fx = tx_ops.Effects()
-            for seq, grp in rows:
-                blocked = (
-                    grp is not None and conn.execute(Q.group_has_head, (queue, grp)).fetchone()
+            fx = tx_ops.StateCounts()
+            for seq, grp in letters:
+                behind = (
+                    grp is not None
+                    and conn.execute(Q.group_has_head, (queue, grp)).fetchone() is not None
                 )
-                st = tx_ops.BLOCKED if blocked else tx_ops.READY
+                st = after_redrive(behind)
                 conn.execute(Q.redrive_one, (st, now, seq))
                 conn.execute(Q.result_delete, (seq,))
-                fx.move(queue, tx_ops.DEAD, st)
+                fx.move(queue, DEAD, st)
             fx.flush(tx)
-            return len(rows)
+            return len(letters)
 
         return await self._run(redrive)
 
@@ -448,16 +420,7 @@ class SqliteStore:
     async def get_result(self, message_id: str) -> Result | None:
         def get(state: StoreState, tx: Transaction) -> Result | None:
             row = tx.conn.execute(Q.result_get, (parse_id(message_id),)).fetchone()
-            if row is None:
-                return None
-            status, body, error, finished_at = row
-            return Result(
-                id=message_id,
-                status=ResultStatus(status),
-                body=body,
-                error=error,
-                finished_at=finished_at,
-            )
+            return None if row is None else mapping.result(message_id, row)
 
         return await self._run(get)
 
@@ -465,26 +428,10 @@ class SqliteStore:
         def stats(state: StoreState, tx: Transaction) -> QueueStats:
             state.config(queue)
             conn = tx.conn
-            (ready, scheduled, leased, dead, blocked, *totals) = conn.execute(
-                Q.queue_counters, (queue,)
-            ).fetchone()
+            counts = conn.execute(Q.queue_counters, (queue,)).fetchone()
             oldest = conn.execute(Q.oldest_ready, (queue,)).fetchone()[0]
-            return QueueStats(
-                queue=queue,
-                ready=ready + blocked,
-                scheduled=scheduled,
-                leased=leased,
-                dead=dead,
-                consumers=conn.execute(Q.count_consumers, (queue,)).fetchone()[0],
-                oldest_ready_age=None if oldest is None else max(0.0, now - oldest),
-                enqueued_total=totals[0],
-                delivered_total=totals[1],
-                acked_total=totals[2],
-                nacked_total=totals[3],
-                dead_total=totals[4],
-                expired_total=totals[5],
-                lease_expired_total=totals[6],
-            )
+            consumers = conn.execute(Q.count_consumers, (queue,)).fetchone()[0]
+            return mapping.queue_stats(queue, counts, consumers, oldest, now)
 
         return await self._run(stats)
 
@@ -497,38 +444,3 @@ def _rebucket(conn: sqlite3.Connection, config: QueueConfig) -> None:
         conn.execute(Q.rebucket_group, (bucket_of(grp, config.buckets), config.name, grp))
     conn.execute(Q.owners_drop_queue, (config.name,))
     conn.execute(Q.owners_from_leases, (config.name,))
-
-
-def _fields(config: QueueConfig) -> dict[str, Any]:
-    return {f: getattr(config, f) for f in (*QUEUE_SETTINGS, "name", "created_at")}
-
-
-def _settings(config: QueueConfig) -> str:
-    return json.dumps({f: getattr(config, f) for f in QUEUE_SETTINGS}, sort_keys=True)
-
-
-def _config(name: str, settings: str, created_at: float) -> QueueConfig:
-    return QueueConfig(name=name, created_at=created_at, **json.loads(settings))
-
-
-def _dead_message(queue: str, config: QueueConfig, row: tuple[Any, ...]) -> Message:
-    (seq, body, headers, priority, grp, dedup_key, attempts, max_attempts, enqueued_at,
-     available_at, expires_at, last_error, dead_reason, dead_at) = row  # fmt: skip
-    return Message(
-        id=format_id(seq),
-        queue=queue,
-        state=MessageState.DEAD,
-        body=body,
-        headers=json.loads(headers) if headers is not None else {},
-        priority=priority,
-        group=grp,
-        dedup_key=dedup_key,
-        attempts=attempts,
-        max_attempts=max_attempts or config.max_attempts,
-        enqueued_at=enqueued_at,
-        available_at=available_at,
-        expires_at=expires_at,
-        last_error=last_error,
-        dead_reason=dead_reason,
-        dead_at=dead_at,
-    )

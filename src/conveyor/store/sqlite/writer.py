@@ -1,5 +1,11 @@
-"""GroupCommitWriter: one SQLite connection, one transaction and at most one
-fsync per turn of the event loop, for the operations of every caller.
+"""SavepointBatchWriter: one SQLite connection, one transaction and at most
+one fsync per turn of the event loop, for the operations of every caller.
+
+The group commit of the SQLite store. What differs from PostgreSQL's
+(store/postgres/writer.py, SetwiseRoundWriter): an operation here is any
+function of a Transaction, run alone in its own savepoint, one after the
+other on the loop's thread; there, operations of one kind are gathered
+into rounds and settled by a few set-based statements each.
 
 Operations (functions of a Transaction) are submitted from the event loop.
 Those submitted in one turn of the loop run together, each in its own
@@ -49,6 +55,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from conveyor.core.errors import BrokerClosed, ConveyorError, StoreError
+from conveyor.store.base import CommitMeter
 from conveyor.store.sqlite.errors import store_error
 
 log = logging.getLogger("conveyor.store.sqlite")
@@ -82,7 +89,7 @@ class Transaction:
         self.after_commit: list[AfterCommit] = []
 
 
-class GroupCommitWriter:
+class SavepointBatchWriter:
     def __init__(
         self,
         connect: Callable[[], sqlite3.Connection],
@@ -101,10 +108,7 @@ class GroupCommitWriter:
         self._closed = False
         self._fsync_failure: str | None = None  # why the store refuses everything
         # Measured for operations people and /metrics.
-        self.commits = 0
-        self.operations = 0
-        self.commit_seconds = 0.0
-        self.commit_seconds_max = 0.0  # the longest commit since start
+        self.meter = CommitMeter()  # the COMMIT statements
         self.fsyncs = 0
         self.fsync_seconds = 0.0
         self.fsync_seconds_max = 0.0
@@ -221,11 +225,7 @@ class GroupCommitWriter:
                 conn.execute("ROLLBACK")
             self._failed(batch, store_error(exc))
             return False
-        took = time.perf_counter() - started
-        self.commit_seconds += took
-        self.commit_seconds_max = max(self.commit_seconds_max, took)
-        self.commits += 1
-        self.operations += len(batch)
+        self.meter.record(len(batch), time.perf_counter() - started)
         for callback in tx.after_commit:
             callback()
         return any(job.durable for job in batch)
