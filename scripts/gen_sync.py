@@ -52,7 +52,7 @@ AsyncClient's coroutine of the same name on a private event loop thread
 
 # Calls bound to the leases of the connection's session: they stay on the
 # event loop's connection, which holds that session.
-LEASED = frozenset({"receive", "consume", "ack", "nack", "extend", "dead"})
+LEASED = frozenset({"receive", "consume", "ack", "nack", "release", "extend", "dead"})
 # Written here, not copied: a Client opens and closes both of its paths.
 OWN = frozenset({"connect", "close"})
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,7 @@ from integration_support import ServerProcess
 
 import conveyor
 from conveyor import NewMessage
-from conveyor.core.types import EnqueueResult, MessageState, ResultStatus
+from conveyor.core.types import EnqueueResult, MessageState, QueueStats, ResultStatus
 
 JSON = {"content-type": "application/json"}
 
@@ -375,6 +375,41 @@ async def test_consume_accepts_a_prefetch_above_a_thousand(
             return n
 
         assert await asyncio.wait_for(take_three(), 10) == 3
+
+
+async def test_deliveries_a_closed_consume_never_yielded_go_back_uncounted(
+    server: ServerProcess, queue: str
+) -> None:
+    """A consume loop left after one delivery: the others pushed to it were
+    never handed to the loop's code, so they come back at once, their
+    delivery not counted as an attempt (max_attempts=1 would dead-letter a
+    counted one)."""
+    async with conveyor.AsyncClient(server.url, timeout=10) as client:
+        await client.create_queue(queue, max_attempts=1)
+        sent = [r.id for r in await client.enqueue_many(queue, [f"m{i}" for i in range(10)])]
+        async for d in client.consume(queue, prefetch=10):
+            await d.ack()
+            break
+
+        def all_back(stats: QueueStats) -> bool:
+            return stats.leased == 0 and stats.ready == 9
+
+        await wait_for_stats(client, queue, all_back)
+        again = await client.receive(queue, max=10)
+        assert sorted(d.id for d in again) == sorted(sent[1:])
+        assert {d.attempts for d in again} == {1}
+        stats = await client.stats(queue)
+        assert (stats.dead, stats.nacked_total) == (0, 0)
+
+
+async def wait_for_stats(
+    client: conveyor.AsyncClient, queue: str, ok: Callable[[QueueStats], bool]
+) -> None:
+    for _ in range(1000):  # the releases travel in the background
+        if ok(await client.stats(queue)):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"stats never matched: {await client.stats(queue)}")
 
 
 def test_the_default_url_comes_from_conveyor_url(

@@ -15,6 +15,7 @@ from conveyor.core.transitions import (
     RELEASE,
     SCHEDULED,
     TOKENS_PER_EPOCH,
+    UNCLAIM,
     DeadLetter,
     LeaseEnd,
     Retry,
@@ -48,6 +49,12 @@ def test_a_nack_retries_after_the_queues_backoff_until_the_last_attempt() -> Non
     letter = after_nack(3, None, CONFIG, None, "boom", 100.0)
     assert letter == DeadLetter("failed on all 3 attempts", "boom", was_head=True)
     assert isinstance(letter, DeadLetter) and letter.detail == "failed on all 3 attempts: boom"
+
+
+def test_an_undelivered_nack_is_unclaimed_whatever_its_attempts() -> None:
+    for attempts in (1, 3, 10):
+        outcome = after_nack(attempts, None, CONFIG, 60.0, "e", 100.0, undelivered=True)
+        assert outcome == UNCLAIM
 
 
 def test_a_nack_with_its_own_delay_and_the_messages_own_limit() -> None:

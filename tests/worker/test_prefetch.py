@@ -75,6 +75,8 @@ def test_a_stopping_worker_gives_its_backlog_back_at_once(
     first.signal(signal.SIGTERM)
     # The running one keeps its lease; the three waiting are ready again at once.
     wait_until(lambda: client.stats("work").ready == 3, 1.5, "the backlog given back")
+    # Given back unrun: not nacks, and their deliveries are not attempts.
+    assert client.stats("work").nacked_total == 0
     assert first.wait(timeout=15) == 0, first.log()
     assert len(ids_with(read_events(tmp_path), "done")) == 1
     start_worker(["work"], concurrency=4)

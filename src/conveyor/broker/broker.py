@@ -470,6 +470,8 @@ class Broker:
                 raise InvalidArgument("a nack's error must be a string")
             if item.error is not None and len(item.error) > MAX_REASON:
                 raise InvalidArgument(f"a nack's error is at most {MAX_REASON} characters")
+            if not isinstance(item.undelivered, bool):
+                raise InvalidArgument("a nack's undelivered is true or false")
         settled = await self.store.nack(SettleOp(list(items), self._now()))
         self._after_settle(settled, [i.id for i in items])
         return _errors(settled)

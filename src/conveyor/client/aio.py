@@ -10,6 +10,7 @@ Bodies: ``bytes`` go as they are, ``str`` as UTF-8, anything else as JSON
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import uuid
@@ -196,6 +197,12 @@ class Delivery:
     async def nack(self, delay: float | None = None, error: str | None = None) -> None:
         """Failed: retry after ``delay`` (default: the queue's backoff)."""
         await self._client.nack(self.id, self.token, delay=delay, error=error)
+
+    async def release(self) -> None:
+        """Hand it back unhandled: ready again at once for any consumer, and
+        this delivery does not count as an attempt. For a delivery that never
+        reached the code that handles it; one that failed is nacked."""
+        await self._client.release(self.id, self.token)
 
     async def extend(self, seconds: float) -> float:
         """Keep the lease ``seconds`` more from now; the new deadline."""
@@ -392,33 +399,36 @@ class AsyncClient:
         Settle each one (ack, nack, dead) to make room for the next."""
         box: asyncio.Queue[Sequence[object] | ConveyorError] = asyncio.Queue()
         sub = await self._transport.subscribe(queue, prefetch, box.put_nowait)
+        unread: collections.deque[object] = collections.deque()  # of the push at hand
         try:
             while True:
                 item = await box.get()
                 if isinstance(item, ConveyorError):
                     raise item
-                for d in item:
-                    yield Delivery(self, convert_reply(d, types.Delivery))
+                unread.extend(item)
+                while unread:
+                    yield Delivery(self, convert_reply(unread.popleft(), types.Delivery))
         finally:
             await self._transport.unsubscribe(sub)
-            self._release_unread(box)
+            self._release_unread(unread, box)
 
-    def _release_unread(self, box: asyncio.Queue[Sequence[object] | ConveyorError]) -> None:
-        """Deliveries that reached a closed consume but were never yielded go
-        back to the queue at once (a nack without delay)."""
-        unread: list[types.Delivery] = []
+    def _release_unread(
+        self, unread: Iterable[object], box: asyncio.Queue[Sequence[object] | ConveyorError]
+    ) -> None:
+        """Deliveries that reached a closed consume but were never yielded (the
+        rest of the push at hand, and the pushes after it) go back to the
+        queue at once, not counted as attempts (``release``)."""
+        pending = list(unread)
         while not box.empty():
             item = box.get_nowait()
             if not isinstance(item, ConveyorError):
-                unread.extend(convert_reply(d, types.Delivery) for d in item)
-        if unread:
-            self._sending.spawn(self._release(unread))
+                pending.extend(item)
+        if pending:
+            self._sending.spawn(self._release([convert_reply(d, types.Delivery) for d in pending]))
 
     async def _release(self, deliveries: list[types.Delivery]) -> None:
-        why = "released unread: the consumer was closed"
         for outcome in await asyncio.gather(
-            *(self.nack(d.id, d.token, delay=0.0, error=why) for d in deliveries),
-            return_exceptions=True,
+            *(self.release(d.id, d.token) for d in deliveries), return_exceptions=True
         ):
             if isinstance(outcome, BaseException) and not isinstance(outcome, ConveyorError):
                 raise outcome  # a lease lost meanwhile needs no release
@@ -438,6 +448,12 @@ class AsyncClient:
     ) -> None:
         item = {"id": id, "token": token, "delay": delay, "error": error}
         await self._settle("nack", item, _settle_size(text=error))
+
+    async def release(self, id: str, token: int) -> None:
+        """Hand a delivery back unhandled: ready again at once, its attempt
+        not counted (see ``Delivery.release``)."""
+        item = {"id": id, "token": token, "undelivered": True}
+        await self._settle("nack", item, _settle_size())
 
     async def extend(self, id: str, token: int, seconds: float) -> float:
         item = {"id": id, "token": token, "seconds": seconds}

@@ -56,7 +56,6 @@ log = logging.getLogger("conveyor.client")
 
 __all__ = ["BrokerUnreachable", "ConnectionLost", "NativeTransport"]
 
-RELEASED = "released unhandled: the consumer was closed"
 
 
 class _Link:
@@ -316,13 +315,10 @@ class NativeTransport:
             spec[2](error)
 
     def release(self, deliveries: list[Any]) -> None:
-        """Hand back deliveries nobody will handle (their consumer is gone):
-        a nack without delay, in the background. Like a lease released when
-        a session ends, the delivery counts as an attempt."""
-        items = [
-            {"id": d["id"], "token": d["token"], "delay": 0.0, "error": RELEASED}
-            for d in deliveries
-        ]
+        """Hand back deliveries nobody will handle (their consumer is gone),
+        in the background: ready again at once, not counted as attempts (a
+        nack of undelivered ones)."""
+        items = [{"id": d["id"], "token": d["token"], "undelivered": True} for d in deliveries]
         if items and not self._closed:
             self._releases.spawn(self._release(items))
 

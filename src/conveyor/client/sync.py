@@ -107,6 +107,12 @@ class Delivery:
         """Failed: retry after ``delay`` (default: the queue's backoff)."""
         return self._portal.call(self.inner.nack(delay, error))
 
+    def release(self) -> None:
+        """Hand it back unhandled: ready again at once for any consumer, and
+        this delivery does not count as an attempt. For a delivery that never
+        reached the code that handles it; one that failed is nacked."""
+        return self._portal.call(self.inner.release())
+
     def extend(self, seconds: float) -> float:
         """Keep the lease ``seconds`` more from now; the new deadline."""
         return self._portal.call(self.inner.extend(seconds))
@@ -298,6 +304,11 @@ class Client:
         self, id: str, token: int, *, delay: float | None = None, error: str | None = None
     ) -> None:
         return self._portal.call(self._async.nack(id, token, delay=delay, error=error))
+
+    def release(self, id: str, token: int) -> None:
+        """Hand a delivery back unhandled: ready again at once, its attempt
+        not counted (see ``Delivery.release``)."""
+        return self._portal.call(self._async.release(id, token))
 
     def extend(self, id: str, token: int, seconds: float) -> float:
         return self._portal.call(self._async.extend(id, token, seconds))

@@ -14,6 +14,9 @@ The outcomes a settled or lapsed lease can have:
               its lease is gone and the error is kept as its last error
   Release     ready again at once, its holder and token kept, so that a late
               ack with that token still succeeds until somebody else gets it
+  Unclaim     ready again at once as if the delivery had not been made: its
+              lease is gone and its attempt is not counted (a delivery that
+              never reached the code that handles it)
   DeadLetter  into the queue's dead letters, with the reason and the text
               of its result (``detail``)
 
@@ -66,6 +69,13 @@ class Release(msgspec.Struct, frozen=True):
 
 
 RELEASE: Final = Release()
+
+
+class Unclaim(msgspec.Struct, frozen=True):
+    """Ready again at once, the delivery's attempt taken back."""
+
+
+UNCLAIM: Final = Unclaim()
 
 
 class DeadLetter(msgspec.Struct, frozen=True):
@@ -142,9 +152,14 @@ def after_nack(
     delay: float | None,
     error: str | None,
     now: float,
-) -> Retry | DeadLetter:
+    undelivered: bool = False,
+) -> Retry | DeadLetter | Unclaim:
     """A nack after ``attempts`` deliveries: dead-lettered at the last
-    attempt, else retried after ``delay`` (None: the queue's backoff)."""
+    attempt, else retried after ``delay`` (None: the queue's backoff). A
+    delivery that never reached its handler is unclaimed, whatever its
+    attempts: it was not an attempt."""
+    if undelivered:
+        return UNCLAIM
     if attempts >= effective_max_attempts(max_attempts, config):
         return DeadLetter(f"failed on all {attempts} attempts", error)
     if delay is None:

@@ -144,6 +144,10 @@ class Nack(msgspec.Struct, frozen=True):
     token: int
     delay: float | None = None  # None: the queue's backoff policy decides
     error: str | None = None
+    # Never handed to the code that handles it (a consumer closed with it
+    # unread, a worker stopping before it ran it): ready again at once, and
+    # the delivery does not count as an attempt.
+    undelivered: bool = False
 
 
 class Extend(msgspec.Struct, frozen=True):

@@ -8,7 +8,7 @@ started as soon as one running task ends: no wait for the broker between two
 short tasks, at the price of messages held here while another worker may be
 idle. A backlogged message's lease counts from its delivery: it is renewed
 as soon as it starts if a third of it has gone, and one that waited its whole
-lease is given back unrun (a nack without delay; the broker may already
+lease is given back unrun (``release``: not an attempt; the broker may already
 have given it to another worker).
 
 Leases: while a task runs, a keeper (leases.py) renews its lease every third
@@ -291,8 +291,9 @@ class Worker:
             self._giving_back.spawn(self._give_back(delivery))
 
     async def _give_back(self, delivery: Delivery) -> None:
+        """A delivery this worker will not run goes back unrun: not an attempt."""
         with contextlib.suppress(ConveyorError):
-            await delivery.nack(delay=0, error="given back by a stopping worker")
+            await delivery.release()
 
     # -- one task -------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from conveyor.core.transitions import (
     DeadLetter,
     LeaseEnd,
     Retry,
+    Unclaim,
     after_dead,
     after_expiry,
     after_lease_end,
@@ -184,6 +185,7 @@ async def _fail_round(
     configs = await node.configs(conn, {r[1] for r in leased.values()})
     outcomes = _outcomes(jobs)
     retries: list[tuple[int, int, float, str | None]] = []
+    unclaims: list[tuple[int, float]] = []
     kills: list[Kill] = []
     for job, index, item, now in items:
         seq = parse_id(item.id)
@@ -198,9 +200,16 @@ async def _fail_round(
             kills.append((seq, queue, grp, after_dead(scrub(item.reason) or ""), now))
             continue
         assert isinstance(item, Nack)
-        fx.add(queue, "nacked")
         config = configs.get(queue, _DEFAULTS)
-        outcome = after_nack(attempts, max_attempts, config, item.delay, scrub(item.error), now)
+        error = scrub(item.error)
+        outcome = after_nack(
+            attempts, max_attempts, config, item.delay, error, now, item.undelivered
+        )
+        if isinstance(outcome, Unclaim):
+            unclaims.append((seq, now))
+            fx.woken.add(queue)
+            continue
+        fx.add(queue, "nacked")
         if isinstance(outcome, Retry):
             retries.append((seq, outcome.state, outcome.available_at, outcome.error))
             fx.woken.add(queue)  # ready now, or its consumers' next delayed message may be sooner
@@ -208,6 +217,8 @@ async def _fail_round(
             kills.append((seq, queue, grp, outcome, now))
     if retries:
         await conn.execute(Q.retry, *map(list, zip(*retries, strict=True)))
+    if unclaims:
+        await conn.execute(Q.unclaim, *map(list, zip(*unclaims, strict=True)))
     await kill(conn, node, fx, kills)
     for job in jobs:
         job.succeed(Settled(outcomes[id(job)], sorted(fx.woken)))

@@ -48,6 +48,7 @@ class PostgresQueries:
     ack_delete: LiteralString
     leases_lock: LiteralString
     retry: LiteralString
+    unclaim: LiteralString
     extend: LiteralString
     kill: LiteralString
     promote_groups: LiteralString

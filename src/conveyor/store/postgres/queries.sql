@@ -318,6 +318,15 @@ SET state = r.state, available_at = r.at, last_error = r.error, holder = NULL,
 FROM unnest($1::bigint[], $2::smallint[], $3::float8[], $4::text[]) AS r(seq, state, at, error)
 WHERE m.seq = r.seq;
 
+-- name: unclaim
+-- Deliveries that never reached their handler: ready at once, each one's
+-- attempt taken back.
+UPDATE messages AS m
+SET state = 0, available_at = r.at, attempts = m.attempts - 1, holder = NULL,
+    lease_deadline = NULL
+FROM unnest($1::bigint[], $2::float8[]) AS r(seq, at)
+WHERE m.seq = r.seq;
+
 -- name: extend
 -- Only a live lease: one past its deadline ($4, the time of the extension)
 -- is lost, released or not yet.

@@ -33,6 +33,7 @@ from conveyor.core.transitions import (
     DeadLetter,
     LeaseEnd,
     Retry,
+    Unclaim,
     after_dead,
     after_expiry,
     after_lease_end,
@@ -258,8 +259,16 @@ def nack(state: StoreState, tx: Transaction, op: SettleOp) -> Settled:
             continue
         queue, grp, attempts, max_attempts, before = row
         config = state.config(queue)
+        outcome = after_nack(
+            attempts, max_attempts, config, item.delay, item.error, op.now, item.undelivered
+        )
+        if isinstance(outcome, Unclaim):
+            conn.execute(Q.unclaim, (op.now, seq))
+            fx.move(queue, before, READY)
+            fx.woken.add(queue)
+            outcomes.append(None)
+            continue
         fx.add(queue, "nacked")
-        outcome = after_nack(attempts, max_attempts, config, item.delay, item.error, op.now)
         if isinstance(outcome, Retry):
             conn.execute(Q.retry, (outcome.state, outcome.available_at, outcome.error, seq))
             fx.move(queue, before, outcome.state)

@@ -29,6 +29,7 @@ class SqliteQueries:
     ack_delete: LiteralString
     lease_get: LiteralString
     retry: LiteralString
+    unclaim: LiteralString
     extend: LiteralString
     kill: LiteralString
     promote_group: LiteralString

@@ -123,6 +123,12 @@ UPDATE messages
 SET state = ?, available_at = ?, last_error = ?, holder = NULL, lease_deadline = NULL
 WHERE seq = ?;
 
+-- name: unclaim
+-- A delivery that never reached its handler: ready at once, its attempt taken back.
+UPDATE messages
+SET state = 0, available_at = ?, attempts = attempts - 1, holder = NULL, lease_deadline = NULL
+WHERE seq = ?;
+
 -- name: extend
 -- Only a live lease: one past its deadline is lost, released or not yet.
 UPDATE messages SET lease_deadline = ?
