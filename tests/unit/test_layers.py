@@ -106,6 +106,8 @@ def under(modules: set[str], *prefixes: str) -> list[str]:
 def test_importing_the_store_loads_no_broker_server_demo_or_optional_dependency() -> None:
     loaded = loaded_by("conveyor.store.base")
     assert under(loaded, "conveyor.broker", "conveyor.server", "conveyor.demo") == []
+    # The package root loads the SDK only when one of its names is used.
+    assert under(loaded, "conveyor.client", "conveyor.worker") == []
     assert under(loaded, "aiohttp", "asyncpg", "rich") == []
 
 
@@ -115,3 +117,13 @@ def test_importing_the_sdk_loads_no_broker_store_server_or_demo() -> None:
     loaded = loaded_by("conveyor")
     assert under(loaded, "conveyor.broker", "conveyor.store", "conveyor.server") == []
     assert under(loaded, "conveyor.demo", "aiohttp", "asyncpg", "rich", "sqlite3") == []
+
+
+def test_every_public_name_of_the_package_root_resolves() -> None:
+    import conveyor
+
+    for name in conveyor.__all__:
+        assert getattr(conveyor, name) is not None, name
+    assert conveyor.App.__module__ == "conveyor.worker.app"
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        _ = conveyor.Nope  # type: ignore[attr-defined]
